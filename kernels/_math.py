@@ -4,7 +4,7 @@ libdevice functions (atan, acos, log1p, tanh, pow, ...) do not run under Triton'
 interpreter, and the GPU's `tl.exp` (a scaled `ex2.approx`) loses relative accuracy for
 large arguments. These helpers use only exp2, log, sqrt and arithmetic, with argument
 reduction so that each stays within about 1e-6 relative of the float64 function over its
-whole domain (tests/test_math.py states the measured bound). NaN in gives NaN out.
+whole domain (tests/test_math.py states the bound and the measured error). NaN in gives NaN out.
 """
 
 import triton
