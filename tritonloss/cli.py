@@ -1,4 +1,4 @@
-"""`tritonloss info | check [--quick]`.
+"""`tritonloss info | check [--quick] | tune`.
 
 `check` runs every implemented loss through the kernels on this machine (the GPU, or the
 CPU under Triton's interpreter, which it switches on by re-executing itself) and compares
@@ -19,7 +19,7 @@ def _kernel_env_ready() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _cases():
+def check_cases():
     """(name, function, make(shape, dtype, device) -> (tensors, options)) per loss."""
     import torch
 
@@ -91,7 +91,7 @@ def check(quick: bool) -> int:
     failed = 0
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    for name, fn, make in _cases():
+    for name, fn, make in check_cases():
         ref_fn = getattr(reference.regression, name)
         worst_f = worst_g = 0.0
         for dtype in dtypes:
@@ -114,6 +114,39 @@ def check(quick: bool) -> int:
         print(f"{name:22s} fwd {worst_f:8.2e}  grad {worst_g:8.2e}  (x tolerance)  {'PASS' if ok else 'FAIL'}")
     print(f"{'all passed' if not failed else f'{failed} FAILED'}")
     return 1 if failed else 0
+
+
+def tune() -> int:
+    """Autotune every kernel at the perf shapes (2^20 and 2^24 elements, fp32/fp16/bf16,
+    every reduction) and write the winners to kernels/tuned/<gpu-slug>.json."""
+    import json
+
+    import torch
+    import triton
+
+    from tritonloss.kernels import _tuning
+
+    if not torch.cuda.is_available():
+        print("tritonloss tune needs a CUDA GPU: autotuning times kernels on the device")
+        return 1
+    os.environ["TRITONLOSS_AUTOTUNE"] = "1"
+    name = torch.cuda.get_device_name()
+    for loss, fn, make in check_cases():
+        for n in (2**20, 2**24):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                tensors, opts = make((n // 1024, 1024), dtype, "cuda")
+                x = tensors[0].requires_grad_()
+                reductions = [{}] if loss == "rmse_loss" else [{"reduction": r} for r in ("none", "mean", "sum")]
+                for red in reductions:
+                    out = fn(x, *tensors[1:], **opts, **red)
+                    torch.autograd.grad(out, [x], torch.ones_like(out))
+        print(f"tuned {loss}")
+    data = {"gpu": name, "triton": _tuning.triton_minor(), "torch": torch.__version__,
+            "kernels": _tuning.winners(name)}
+    path = _tuning.TUNED_DIR / f"{_tuning.gpu_slug(name)}.json"
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path} (triton {triton.__version__})")
+    return 0
 
 
 def info() -> int:
@@ -140,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions and the execution path on this machine")
     p_check = sub.add_parser("check", help="every loss against its float64 reference")
     p_check.add_argument("--quick", action="store_true", help="fewer shapes, fp32 only")
+    sub.add_parser("tune", help="autotune the kernels on this GPU, write kernels/tuned/<gpu>.json")
     args = parser.parse_args(argv)
     if args.command == "check":
         if not _kernel_env_ready():
@@ -147,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = sys.argv[1:] if argv is None else argv
             os.execve(sys.executable, [sys.executable, "-m", "tritonloss.cli", *argv], env)
         return check(args.quick)
-    return info()
+    return tune() if args.command == "tune" else info()
 
 
 if __name__ == "__main__":
