@@ -65,7 +65,7 @@ def autotune_enabled() -> bool:
     return not _INTERPRET and os.environ.get("TRITONLOSS_AUTOTUNE", "1") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_tuned(device_name: str, directory: str = str(TUNED_DIR)) -> dict:
     """The winners stored for this GPU and Triton minor version: {space: (source, configs)}."""
     path = pathlib.Path(directory) / f"{gpu_slug(device_name)}.json"

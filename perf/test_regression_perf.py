@@ -23,7 +23,7 @@ N = 2**24
 CASES = {name: (fn, make) for name, fn, make in check_cases()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def copy_bandwidth_gbps() -> float:
     """Device-to-device copy of 1 GiB, bytes read + written over the median time."""
     import triton

@@ -9,7 +9,6 @@ import torch
 import triton
 import triton.language as tl
 from helpers import DEVICE
-
 from tritonloss.kernels import _math
 
 MAX_REL = 1e-6

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from helpers import DEVICE
+from tritonloss.kernels import _tuning
+from tritonloss.kernels import regression as K
 
 import tritonloss
 from tritonloss import _runtime
-from tritonloss.kernels import _tuning
-from tritonloss.kernels import regression as K
 
 
 def test_float64_takes_the_eager_reference():
