@@ -124,8 +124,12 @@ def _terms(LOSS: tl.constexpr, OPT: tl.constexpr, x, y, z, q, p0, p1, p2, p3):
 
 
 @triton.jit
-def _load(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, offs, mask, nq, p0,
-          HAS_Z: tl.constexpr, HAS_W: tl.constexpr, HAS_Q: tl.constexpr):
+def _load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, p0,
+                HAS_Z: tl.constexpr, HAS_W: tl.constexpr, HAS_Q: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's block: offsets, mask and the fp32 inputs (w = 0 on masked lanes)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_Z:
@@ -140,7 +144,7 @@ def _load(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, offs, mask, nq, p0,
         q = tl.load(q_ptr + offs % nq).to(tl.float32)
     else:
         q = p0 + tl.zeros_like(x)
-    return x, y, z, w, q
+    return pid, offs, mask, x, y, z, w, q
 
 
 @triton.jit
@@ -149,11 +153,8 @@ def _forward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, out_ptr, part_ptr, n, nq,
                     LOSS: tl.constexpr, OPT: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_W: tl.constexpr, HAS_Q: tl.constexpr, REDUCE: tl.constexpr,
                     BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x, y, z, w, q = _load(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, offs, mask, nq, p0,
-                          HAS_Z, HAS_W, HAS_Q)
+    pid, offs, mask, x, y, z, w, q = _load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, p0,
+                                                 HAS_Z, HAS_W, HAS_Q, BLOCK)
     loss, _, _, _ = _terms(LOSS, OPT, x, y, z, q, p0, p1, p2, p3)
     loss = tl.where(w != 0, loss * w, 0.0)  # zero weight and masked lanes: exactly 0
     if REDUCE == 0:
@@ -199,11 +200,8 @@ def _backward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, g_ptr, stat_ptr,
                      HAS_W: tl.constexpr, HAS_Q: tl.constexpr, REDUCE: tl.constexpr,
                      NEED_X: tl.constexpr, NEED_Y: tl.constexpr, NEED_Z: tl.constexpr,
                      BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x, y, z, w, q = _load(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, offs, mask, nq, p0,
-                          HAS_Z, HAS_W, HAS_Q)
+    pid, offs, mask, x, y, z, w, q = _load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, p0,
+                                                 HAS_Z, HAS_W, HAS_Q, BLOCK)
     if REDUCE == 0:
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
