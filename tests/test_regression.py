@@ -397,6 +397,13 @@ def test_deterministic():
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
+def test_double_backward_raises_clearly():
+    x = torch.randn(8, device=DEVICE, requires_grad=True)
+    (gx,) = torch.autograd.grad(tritonloss.mse_loss(x, torch.zeros(8, device=DEVICE)), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(gx.sum(), [x])
+
+
 # --- bad arguments -----------------------------------------------------------------------
 
 def _xy(n=4):

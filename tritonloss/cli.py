@@ -144,6 +144,7 @@ def tune() -> int:
     data = {"gpu": name, "triton": _tuning.triton_minor(), "torch": torch.__version__,
             "kernels": _tuning.winners(name)}
     path = _tuning.TUNED_DIR / f"{_tuning.gpu_slug(name)}.json"
+    path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path} (triton {triton.__version__})")
     return 0

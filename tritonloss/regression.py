@@ -38,6 +38,7 @@ class _Elementwise(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, y, z, w, q, stats = ctx.saved_tensors
         s = ctx.spec
