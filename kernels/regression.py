@@ -254,8 +254,13 @@ def forward(loss: int, opt: int, params, x, y, z, w, q, reduce: int):
 
     def launch(c):
         n_part = triton.cdiv(n, c["BLOCK"])
-        part = parts.setdefault(n_part, torch.empty(2 * n_part if w is not None else n_part,
-                                                    dtype=torch.float32, device=x.device))
+        if reduce == NONE:
+            part = out  # the kernel writes no partials
+        elif n_part not in parts:
+            part = parts[n_part] = torch.empty(2 * n_part if w is not None else n_part,
+                                               dtype=torch.float32, device=x.device)
+        else:
+            part = parts[n_part]
         _forward_kernel[(n_part,)](
             x, y, z if z is not None else dummy, w if w is not None else dummy,
             q if q is not None else dummy, out, part, n, nq, *p, **flags, **c)
