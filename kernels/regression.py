@@ -27,7 +27,6 @@ NONE, SUM, MEAN, RMS = range(4)
 LOG_INPUT, FULL = 1, 2
 
 _LN2 = tl.constexpr(0.6931471805599453)
-_HALF_LOG_2PI = tl.constexpr(0.9189385332046727)
 
 
 @triton.jit
