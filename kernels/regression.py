@@ -16,13 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _math, _tuning
+from . import _math, _reduce, _tuning
+from ._reduce import MEAN, NONE, RMS, SUM  # noqa: F401 (re-exported for the public layer)
 
 # LOSS ids
 L1, MSE, SMOOTH_L1, HUBER, BALANCED_L1, QUANTILE, WING, ADAPTIVE_WING = range(8)
 LOG_COSH, KL_BOX, POISSON, GAUSSIAN = range(8, 12)
-# REDUCE modes; RMS is sqrt of the (weighted) mean
-NONE, SUM, MEAN, RMS = range(4)
 # OPT bits for POISSON
 LOG_INPUT, FULL = 1, 2
 
@@ -165,34 +164,6 @@ def _forward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, out_ptr, part_ptr, n, nq,
 
 
 @triton.jit
-def _finish_kernel(part_ptr, out_ptr, stat_ptr, n_part, count,
-                   HAS_W: tl.constexpr, REDUCE: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: total of the partials; stat = [normaliser, fp32 result]."""
-    acc = tl.zeros([BLOCK], tl.float32)
-    acc_w = tl.zeros([BLOCK], tl.float32)
-    for start in range(0, n_part, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        m = idx < n_part
-        acc += tl.load(part_ptr + idx, mask=m, other=0.0)
-        if HAS_W:
-            acc_w += tl.load(part_ptr + n_part + idx, mask=m, other=0.0)
-    total = tl.sum(acc, axis=0)
-    if HAS_W:
-        norm = tl.sum(acc_w, axis=0)
-    else:
-        norm = count
-    if REDUCE == 1:
-        result = total
-    elif REDUCE == 2:
-        result = total / norm
-    else:
-        result = tl.sqrt(total / norm)
-    tl.store(out_ptr, result.to(out_ptr.dtype.element_ty))
-    tl.store(stat_ptr, norm)
-    tl.store(stat_ptr + 1, result)
-
-
-@triton.jit
 def _backward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, g_ptr, stat_ptr,
                      dx_ptr, dy_ptr, dz_ptr, n, nq, p0, p1, p2, p3,
                      LOSS: tl.constexpr, OPT: tl.constexpr, HAS_Z: tl.constexpr,
@@ -227,7 +198,6 @@ _SPACE = [
 _DEFAULT = {"BLOCK": 1024, "num_warps": 4, "num_stages": 1}
 FORWARD_SPACE = _tuning.Space("regression.forward", _forward_kernel, _SPACE, _DEFAULT)
 BACKWARD_SPACE = _tuning.Space("regression.backward", _backward_kernel, _SPACE, _DEFAULT)
-_FINISH_BLOCK = 1024
 
 
 def _device_name(t: torch.Tensor) -> str | None:
@@ -245,7 +215,7 @@ def forward(loss: int, opt: int, params, x, y, z, w, q, reduce: int):
     nq = q.numel() if q is not None else 1
     p = tuple(float(v) for v in params) + (0.0,) * (4 - len(params))
     out = torch.empty(x.shape if reduce == NONE else (), dtype=x.dtype, device=x.device)
-    stats = torch.empty(2, dtype=torch.float32, device=x.device)
+    stats = torch.empty(2, dtype=torch.float32, device=x.device)  # unused with "none"
     flags = dict(LOSS=loss, OPT=opt, HAS_Z=z is not None, HAS_W=w is not None,
                  HAS_Q=q is not None, REDUCE=reduce)
     dummy = x
@@ -256,8 +226,7 @@ def forward(loss: int, opt: int, params, x, y, z, w, q, reduce: int):
         if reduce == NONE:
             part = out  # the kernel writes no partials
         elif n_part not in parts:
-            part = parts[n_part] = torch.empty(2 * n_part if w is not None else n_part,
-                                               dtype=torch.float32, device=x.device)
+            part = parts[n_part] = _reduce.partials(n_part, w is not None, x.device)
         else:
             part = parts[n_part]
         _forward_kernel[(n_part,)](
@@ -271,8 +240,7 @@ def forward(loss: int, opt: int, params, x, y, z, w, q, reduce: int):
         part = launch(config)
     if reduce != NONE:
         n_part = part.numel() // 2 if w is not None else part.numel()
-        _finish_kernel[(1,)](part, out, stats, n_part, float(n), HAS_W=w is not None,
-                             REDUCE=reduce, BLOCK=_FINISH_BLOCK)
+        stats = _reduce.finish(part, n_part, out, n, w is not None, reduce)
     return out, stats
 
 

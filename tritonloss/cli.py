@@ -19,51 +19,6 @@ def _kernel_env_ready() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_cases():
-    """(name, function, make(shape, dtype, device) -> (tensors, options)) per loss."""
-    import torch
-
-    import tritonloss.functional as F
-
-    def randn(shape, dtype, device, scale=1.0):
-        return (torch.randn(shape, device=device) * scale).to(dtype)
-
-    def pair(scale=1.0, **opts):
-        return lambda s, dt, dev: ([randn(s, dt, dev, scale), randn(s, dt, dev, scale)], opts)
-
-    def quantile(s, dt, dev):
-        q = torch.linspace(0.1, 0.9, s[-1], device=dev)
-        return [randn(s, dt, dev), randn(s, dt, dev)], {"quantiles": q}
-
-    def heatmap(s, dt, dev):
-        return [torch.rand(s, device=dev).to(dt), torch.rand(s, device=dev).to(dt)], {}
-
-    def kl_box(s, dt, dev):
-        return [randn(s, dt, dev, 2), randn(s, dt, dev, 0.5), randn(s, dt, dev, 2)], {}
-
-    def poisson(s, dt, dev):
-        return [randn(s, dt, dev), (torch.rand(s, device=dev) * 4).to(dt)], {"full": True}
-
-    def gaussian(s, dt, dev):
-        return [randn(s, dt, dev), randn(s, dt, dev), (torch.rand(s, device=dev) + 0.1).to(dt)], {}
-
-    return [
-        ("l1_loss", F.l1_loss, pair()),
-        ("mse_loss", F.mse_loss, pair()),
-        ("rmse_loss", F.rmse_loss, pair()),
-        ("smooth_l1_loss", F.smooth_l1_loss, pair(beta=0.5)),
-        ("huber_loss", F.huber_loss, pair(delta=0.7)),
-        ("balanced_l1_loss", F.balanced_l1_loss, pair(beta=0.8)),
-        ("quantile_loss", F.quantile_loss, quantile),
-        ("wing_loss", F.wing_loss, pair(scale=8.0)),
-        ("adaptive_wing_loss", F.adaptive_wing_loss, heatmap),
-        ("log_cosh_loss", F.log_cosh_loss, pair(scale=3.0)),
-        ("kl_box_loss", F.kl_box_loss, kl_box),
-        ("poisson_nll_loss", F.poisson_nll_loss, poisson),
-        ("gaussian_nll_loss", F.gaussian_nll_loss, gaussian),
-    ]
-
-
 def _max_rel_err(got, ref) -> float:
     """max |got - ref| / max(1, max |ref|): error relative to the tensor's scale."""
     got, ref = got.detach().double(), ref.detach()
@@ -80,7 +35,7 @@ def check(quick: bool) -> int:
     # the interpreter evaluates both sides of every `where` in numpy, which warns on inf / NaN
     warnings.filterwarnings("ignore", category=RuntimeWarning)
 
-    from tritonloss import reference
+    from tritonloss import _cases
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes = [(37,), (3, 1100)] if quick else [(37,), (3, 1100), (4, 5, 333)]
@@ -91,27 +46,27 @@ def check(quick: bool) -> int:
     failed = 0
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    for name, fn, make in check_cases():
-        ref_fn = getattr(reference.regression, name)
+    for case in _cases.all_cases():
         worst_f = worst_g = 0.0
         for dtype in dtypes:
             for shape in shapes:
-                tensors, opts = make(shape, dtype, device)
-                reductions = [{}] if name == "rmse_loss" else [{"reduction": r} for r in ("none", "mean", "sum")]
-                for red in reductions:
-                    xs = [t.detach().clone().requires_grad_() for t in tensors]
-                    out = fn(*xs, **opts, **red)
+                args, opts = case.make(shape, dtype, device)
+                for red in case.reductions:
+                    xs = [a.detach().clone().requires_grad_() if a.is_floating_point() else a for a in args]
+                    out = case.fn(*xs, **opts, **red)
                     grad = torch.randn(out.shape, generator=gen).to(device=device, dtype=out.dtype)
-                    gs = torch.autograd.grad(out, xs, grad)
-                    rs = [t.detach().double().requires_grad_() for t in tensors]
-                    ropts = {k: v.double() if torch.is_tensor(v) else v for k, v in opts.items()}
-                    r = ref_fn(*rs, **ropts, **red)
-                    rg = torch.autograd.grad(r, rs, grad.double())
+                    diff = [x for x in xs if x.requires_grad]
+                    gs = torch.autograd.grad(out, diff, grad)
+                    rs = [a.detach().double().requires_grad_() if a.is_floating_point() else a for a in args]
+                    ropts = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+                             for k, v in opts.items()}
+                    r = case.ref(*rs, **ropts, **red)
+                    rg = torch.autograd.grad(r, [x for x in rs if x.requires_grad], grad.double())
                     worst_f = max(worst_f, _max_rel_err(out, r) / tol[dtype])
                     worst_g = max(worst_g, max(_max_rel_err(a, b) for a, b in zip(gs, rg)) / tol[dtype])
         ok = worst_f <= 1 and worst_g <= 1
         failed += not ok
-        print(f"{name:22s} fwd {worst_f:8.2e}  grad {worst_g:8.2e}  (x tolerance)  {'PASS' if ok else 'FAIL'}")
+        print(f"{case.name:34s} fwd {worst_f:8.2e}  grad {worst_g:8.2e}  (x tolerance)  {'PASS' if ok else 'FAIL'}")
     print(f"{'all passed' if not failed else f'{failed} FAILED'}")
     return 1 if failed else 0
 
@@ -124,6 +79,7 @@ def tune() -> int:
     import torch
     import triton
 
+    from tritonloss import _cases
     from tritonloss.kernels import _tuning
 
     if not torch.cuda.is_available():
@@ -131,16 +87,15 @@ def tune() -> int:
         return 1
     os.environ["TRITONLOSS_AUTOTUNE"] = "1"
     name = torch.cuda.get_device_name()
-    for loss, fn, make in check_cases():
-        for n in (2**20, 2**24):
+    for case in _cases.all_cases():
+        for shape in case.tune_shapes:
             for dtype in (torch.float32, torch.float16, torch.bfloat16):
-                tensors, opts = make((n // 1024, 1024), dtype, "cuda")
-                x = tensors[0].requires_grad_()
-                reductions = [{}] if loss == "rmse_loss" else [{"reduction": r} for r in ("none", "mean", "sum")]
-                for red in reductions:
-                    out = fn(x, *tensors[1:], **opts, **red)
-                    torch.autograd.grad(out, [x], torch.ones_like(out))
-        print(f"tuned {loss}")
+                args, opts = case.make(shape, dtype, "cuda")
+                xs = [a.requires_grad_() if a.is_floating_point() else a for a in args]
+                for red in case.reductions:
+                    out = case.fn(*xs, **opts, **red)
+                    torch.autograd.grad(out, [x for x in xs if x.requires_grad], torch.ones_like(out))
+        print(f"tuned {case.name}")
     data = {"gpu": name, "triton": _tuning.triton_minor(), "torch": torch.__version__,
             "kernels": _tuning.winners(name)}
     path = _tuning.TUNED_DIR / f"{_tuning.gpu_slug(name)}.json"
