@@ -1,22 +1,23 @@
 """Elementwise regression losses: one forward and one backward kernel for the whole family.
 
 The loss is a constexpr (`LOSS`) selecting one `_terms` branch, which returns the loss and
-its partial derivatives for x (input), y (target) and z (var / log_var) in fp32. The
-forward stores the loss ("none") or per-program partial sums that `_finish_kernel` adds
-in a fixed order (deterministic two-stage reduction) and divides by the count or the
-summed weight. The backward recomputes the derivatives from the saved inputs, so nothing
-but the inputs is kept between the passes.
+its partial derivatives for x (input), y (target) and z (var / log_var) in fp32; the
+launchers, the two-stage reduction and the epilogues are kernels/_elementwise.py's. The
+backward recomputes the derivatives from the saved inputs, so nothing but the inputs is
+kept between the passes.
 
 Inputs arrive contiguous, all of one shape; `q` (quantiles) is a 1-D tensor along the
 last dimension or absent (its value then in p0). With a weight, elements whose weight is
 0 contribute exactly 0 to the loss and to every gradient, even where their loss is NaN.
 """
 
-import torch
+import functools
+
 import triton
 import triton.language as tl
 
-from . import _math, _reduce, _tuning
+from . import _elementwise as E
+from . import _math, _tuning
 from ._reduce import MEAN, NONE, RMS, SUM  # noqa: F401 (re-exported for the public layer)
 
 # LOSS ids
@@ -122,147 +123,34 @@ def _terms(LOSS: tl.constexpr, OPT: tl.constexpr, x, y, z, q, p0, p1, p2, p3):
 
 
 @triton.jit
-def _load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, p0,
-                HAS_Z: tl.constexpr, HAS_W: tl.constexpr, HAS_Q: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's block: offsets, mask and the fp32 inputs (w = 0 on masked lanes)."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_Z:
-        z = tl.load(z_ptr + offs, mask=mask, other=1.0).to(tl.float32)
-    else:
-        z = tl.zeros_like(x)
-    if HAS_W:
-        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        w = tl.where(mask, 1.0, 0.0)
-    if HAS_Q:
-        q = tl.load(q_ptr + offs % nq).to(tl.float32)
-    else:
-        q = p0 + tl.zeros_like(x)
-    return pid, offs, mask, x, y, z, w, q
-
-
-@triton.jit
-def _forward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, out_ptr, part_ptr, n, nq,
+def _forward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, out_ptr, part_ptr, n, nq, q_div,
                     p0, p1, p2, p3,
                     LOSS: tl.constexpr, OPT: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_W: tl.constexpr, HAS_Q: tl.constexpr, REDUCE: tl.constexpr,
                     BLOCK: tl.constexpr):
-    pid, offs, mask, x, y, z, w, q = _load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, p0,
-                                                 HAS_Z, HAS_W, HAS_Q, BLOCK)
+    pid, offs, mask, x, y, z, w, q = E.load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, q_div, p0,
+                                                  HAS_Z, HAS_W, HAS_Q, BLOCK)
     loss, _, _, _ = _terms(LOSS, OPT, x, y, z, q, p0, p1, p2, p3)
-    loss = tl.where(w != 0, loss * w, 0.0)  # zero weight and masked lanes: exactly 0
-    if REDUCE == 0:
-        tl.store(out_ptr + offs, loss.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(part_ptr + pid, tl.sum(loss, axis=0))
-        if HAS_W:
-            tl.store(part_ptr + tl.num_programs(0) + pid, tl.sum(w, axis=0))
+    E.store_loss(loss, w, pid, offs, mask, out_ptr, part_ptr, HAS_W, REDUCE)
 
 
 @triton.jit
 def _backward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, g_ptr, stat_ptr,
-                     dx_ptr, dy_ptr, dz_ptr, n, nq, p0, p1, p2, p3,
+                     dx_ptr, dy_ptr, dz_ptr, n, nq, q_div, p0, p1, p2, p3,
                      LOSS: tl.constexpr, OPT: tl.constexpr, HAS_Z: tl.constexpr,
                      HAS_W: tl.constexpr, HAS_Q: tl.constexpr, REDUCE: tl.constexpr,
                      NEED_X: tl.constexpr, NEED_Y: tl.constexpr, NEED_Z: tl.constexpr,
                      BLOCK: tl.constexpr):
-    pid, offs, mask, x, y, z, w, q = _load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, p0,
-                                                 HAS_Z, HAS_W, HAS_Q, BLOCK)
-    if REDUCE == 0:
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        g = tl.load(g_ptr).to(tl.float32)
-        if REDUCE == 2:
-            g = g / tl.load(stat_ptr)
-        elif REDUCE == 3:  # d sqrt(S / norm) / dS = 1 / (2 r norm); 0 at a perfect fit
-            r = tl.load(stat_ptr + 1)
-            g = tl.where(r == 0, 0.0, g / (2.0 * r * tl.load(stat_ptr)))
-    gw = g * w
-    keep = w != 0
+    pid, offs, mask, x, y, z, w, q = E.load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, q_div, p0,
+                                                  HAS_Z, HAS_W, HAS_Q, BLOCK)
+    g = E.grad_scale(g_ptr, stat_ptr, offs, mask, REDUCE)
     _, dx, dy, dz = _terms(LOSS, OPT, x, y, z, q, p0, p1, p2, p3)
-    if NEED_X:
-        tl.store(dx_ptr + offs, tl.where(keep, gw * dx, 0.0).to(dx_ptr.dtype.element_ty), mask=mask)
-    if NEED_Y:
-        tl.store(dy_ptr + offs, tl.where(keep, gw * dy, 0.0).to(dy_ptr.dtype.element_ty), mask=mask)
-    if NEED_Z:
-        tl.store(dz_ptr + offs, tl.where(keep, gw * dz, 0.0).to(dz_ptr.dtype.element_ty), mask=mask)
+    E.store_grad(dx_ptr, offs, mask, g, w, dx, NEED_X)
+    E.store_grad(dy_ptr, offs, mask, g, w, dy, NEED_Y)
+    E.store_grad(dz_ptr, offs, mask, g, w, dz, NEED_Z)
 
 
-_SPACE = [
-    {"BLOCK": b, "num_warps": w, "num_stages": 1} for b in (1024, 2048, 4096, 8192) for w in (4, 8)
-]
-_DEFAULT = {"BLOCK": 1024, "num_warps": 4, "num_stages": 1}
-FORWARD_SPACE = _tuning.Space("regression.forward", _forward_kernel, _SPACE, _DEFAULT)
-BACKWARD_SPACE = _tuning.Space("regression.backward", _backward_kernel, _SPACE, _DEFAULT)
-
-
-def _device_name(t: torch.Tensor) -> str | None:
-    return torch.cuda.get_device_name(t.device) if t.is_cuda else None
-
-
-def _key(loss: int, reduce: int, n: int, *tensors) -> tuple:
-    dtypes = "/".join(str(t.dtype).removeprefix("torch.") for t in tensors if t is not None)
-    return (loss, reduce, _tuning.bucket(n), dtypes)
-
-
-def forward(loss: int, opt: int, params, x, y, z, w, q, reduce: int):
-    """Loss ("none": shaped like x) or 0-dim result, and stats = fp32 [normaliser, result]."""
-    n = x.numel()
-    nq = q.numel() if q is not None else 1
-    p = tuple(float(v) for v in params) + (0.0,) * (4 - len(params))
-    out = torch.empty(x.shape if reduce == NONE else (), dtype=x.dtype, device=x.device)
-    stats = torch.empty(2, dtype=torch.float32, device=x.device)  # unused with "none"
-    flags = dict(LOSS=loss, OPT=opt, HAS_Z=z is not None, HAS_W=w is not None,
-                 HAS_Q=q is not None, REDUCE=reduce)
-    dummy = x
-    parts = {}
-
-    def launch(c):
-        n_part = triton.cdiv(n, c["BLOCK"])
-        if reduce == NONE:
-            part = out  # the kernel writes no partials
-        elif n_part not in parts:
-            part = parts[n_part] = _reduce.partials(n_part, w is not None, x.device)
-        else:
-            part = parts[n_part]
-        _forward_kernel[(n_part,)](
-            x, y, z if z is not None else dummy, w if w is not None else dummy,
-            q if q is not None else dummy, out, part, n, nq, *p, **flags, **c)
-        return part
-
-    part = torch.empty(0, dtype=torch.float32, device=x.device)
-    if n > 0:
-        config = _tuning.pick(FORWARD_SPACE, _key(loss, reduce, n, x, y, z, w), _device_name(x), launch)
-        part = launch(config)
-    if reduce != NONE:
-        n_part = part.numel() // 2 if w is not None else part.numel()
-        stats = _reduce.finish(part, n_part, out, n, w is not None, reduce)
-    return out, stats
-
-
-def backward(loss: int, opt: int, params, x, y, z, w, q, reduce: int, g, stats, need):
-    """Gradients (dx, dy, dz), each None unless `need` asks for it, in its tensor's dtype."""
-    n = x.numel()
-    nq = q.numel() if q is not None else 1
-    p = tuple(float(v) for v in params) + (0.0,) * (4 - len(params))
-    grads = [torch.empty_like(t) if want else None for t, want in zip((x, y, z), need)]
-    if n == 0 or not any(need):
-        return tuple(grads)
-    dummy = x
-    ptrs = [t if t is not None else dummy for t in (z, w, q)]
-    dptrs = [t if t is not None else dummy for t in grads]
-    flags = dict(LOSS=loss, OPT=opt, HAS_Z=z is not None, HAS_W=w is not None,
-                 HAS_Q=q is not None, REDUCE=reduce, NEED_X=bool(need[0]),
-                 NEED_Y=bool(need[1]), NEED_Z=bool(need[2]))
-
-    def launch(c):
-        _backward_kernel[(triton.cdiv(n, c["BLOCK"]),)](
-            x, y, *ptrs, g, stats, *dptrs, n, nq, *p, **flags, **c)
-
-    key = _key(loss, reduce, n, x, y, z, w) + (tuple(bool(v) for v in need),)
-    launch(_tuning.pick(BACKWARD_SPACE, key, _device_name(x), launch))
-    return tuple(grads)
+FORWARD_SPACE = _tuning.Space("regression.forward", _forward_kernel, E.SPACE, E.DEFAULT)
+BACKWARD_SPACE = _tuning.Space("regression.backward", _backward_kernel, E.SPACE, E.DEFAULT)
+forward = functools.partial(E.forward, FORWARD_SPACE)
+backward = functools.partial(E.backward, BACKWARD_SPACE)
