@@ -1,0 +1,75 @@
+"""Eager PyTorch metric-learning losses: the CPU path without the interpreter, and the test
+oracle. Written from the papers' formulas (torch.nn.functional where torch has the loss);
+same signatures as `tritonloss.functional`, called with checked arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_NORM_EPS = 1e-12
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
+    """sqrt with gradient 0 (not inf) at 0."""
+    pos = sq > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+
+
+def pairwise_distance(x: torch.Tensor, distance: str = "euclidean", normalize: bool = False) -> torch.Tensor:
+    """[B, B] distances between the rows of x (exact differences, no Gram expansion)."""
+    if normalize or distance == "cosine":
+        x = F.normalize(x, dim=1, eps=_NORM_EPS)
+    if distance == "cosine":
+        return 1.0 - x @ x.T
+    sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    return sq if distance == "squared" else _safe_sqrt(sq)
+
+
+def _label_masks(labels: torch.Tensor):
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return same & ~eye, ~same
+
+
+def _hinge(z: torch.Tensor, margin: float, soft: bool) -> torch.Tensor:
+    return F.softplus(z) if soft else F.relu(z + margin)
+
+
+def batch_hard_indices(dist: torch.Tensor, labels: torch.Tensor):
+    """Per anchor the farthest positive and the nearest negative (first index on ties, as
+    torch.max / torch.min) and whether the anchor has both."""
+    pos, neg = _label_masks(labels)
+    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
+    ap, p_idx = torch.where(pos, dist, -inf).max(1)
+    an, n_idx = torch.where(neg, dist, inf).min(1)
+    return ap, an, p_idx, n_idx, pos.any(1) & neg.any(1)
+
+
+def triplet_loss(embeddings, labels, *, margin=0.3, mining="batch_hard", distance="euclidean",
+                 normalize=False, soft_margin=False, reduction="mean"):
+    dist = pairwise_distance(embeddings, distance, normalize)
+    zero = torch.zeros((), dtype=dist.dtype, device=dist.device)
+    if mining == "batch_hard":
+        ap, an, _, _, valid = batch_hard_indices(dist, labels)
+        loss = torch.where(valid, _hinge(ap - an, margin, soft_margin), zero)
+        count = valid.sum()
+    else:
+        pos, neg = _label_masks(labels)
+        trip = pos[:, :, None] & neg[:, None, :]
+        z = dist[:, :, None] - dist[:, None, :]
+        per = torch.where(trip, _hinge(z, margin, soft_margin), zero)
+        count = trip.sum() if soft_margin else (trip & (z + margin > 0)).sum()
+        loss = per.sum((1, 2))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / count.clamp(min=1)
