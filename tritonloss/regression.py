@@ -11,42 +11,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple
 
 import torch
 
-from . import _runtime, _validate
+from . import _elementwise, _runtime, _validate
 from .kernels import regression as K
 from .reference import regression as ref
-
-_REDUCE = {"none": K.NONE, "sum": K.SUM, "mean": K.MEAN}
-
-
-class _Spec(NamedTuple):
-    loss: int
-    opt: int
-    params: tuple
-    reduce: int
-
-
-class _Elementwise(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, spec, x, y, z, w, q):
-        out, stats = K.forward(spec.loss, spec.opt, spec.params, x, y, z, w, q, spec.reduce)
-        ctx.spec = spec
-        ctx.save_for_backward(x, y, z, w, q, stats)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, y, z, w, q, stats = ctx.saved_tensors
-        s = ctx.spec
-        need = ctx.needs_input_grad[1:4]
-        dx, dy, dz = K.backward(
-            s.loss, s.opt, s.params, x, y, z, w, q, s.reduce, grad.contiguous(), stats, need
-        )
-        return None, dx, dy, dz, None, None
 
 
 def _run(loss, reduction, input, target, extra=None, weight=None, quantiles=None,
@@ -70,14 +40,7 @@ def _run(loss, reduction, input, target, extra=None, weight=None, quantiles=None
         )
     if not _runtime.use_kernels(input, target, z, weight):
         return eager(weight)
-    reduce = K.RMS if reduction == "rms" else _REDUCE[reduction]
-    spec = _Spec(loss, opt, tuple(params), reduce)
-    x, y = (t.expand(shape).contiguous() for t in (input, target))
-    z = z.expand(shape).contiguous() if z is not None else None
-    w = weight.detach().expand(shape).contiguous() if weight is not None else None
-    q = quantiles.detach().contiguous() if quantiles is not None else None
-    with _runtime.on_device(x):
-        return _Elementwise.apply(spec, x, y, z, w, q)
+    return _elementwise.apply(K, loss, reduction, shape, input, target, z, weight, quantiles, params, opt)
 
 
 def l1_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
