@@ -97,7 +97,8 @@ def _params(params) -> tuple:
 def forward(space: _tuning.Space, loss: int, opt: int, params, x, y, z, w, q, reduce: int,
             q_div: int = 1, count: int | None = None):
     """Loss ("none": shaped like x) or 0-dim result, and stats = fp32 [normaliser, result].
-    The normaliser of "mean" is the summed weight, or `count` (default: numel) without one."""
+    The normaliser of "mean" is `count` when given (torch's weighted BCE divides by the
+    element count), else the summed weight, else the element count."""
     n = x.numel()
     nq = q.numel() if q is not None else 1
     out = torch.empty(x.shape if reduce == NONE else (), dtype=x.dtype, device=x.device)
@@ -124,7 +125,8 @@ def forward(space: _tuning.Space, loss: int, opt: int, params, x, y, z, w, q, re
         part = launch(config)
     if reduce != NONE:
         n_part = part.numel() // 2 if w is not None else part.numel()
-        stats = _reduce.finish(part, n_part, out, n if count is None else count, w is not None, reduce)
+        has_norm = w is not None and count is None
+        stats = _reduce.finish(part, n_part, out, n if count is None else count, has_norm, reduce)
     return out, stats
 
 

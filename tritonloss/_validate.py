@@ -90,3 +90,50 @@ def flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
     return value
+
+
+def integer(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    return int(value)
+
+
+def labels(name: str, t, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """An integer label tensor of `shape` on `like`'s device, as contiguous int64."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer class labels, got dtype {t.dtype}")
+    same_device(input=like, **{name: t})
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    return t.to(torch.int64).contiguous()
+
+
+def labels_in_range(name: str, t: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> None:
+    """With checks on (a device sync on CUDA): every label in [0, num_classes) or ignored."""
+    from . import _runtime
+
+    if not _runtime.checks_enabled() or t.numel() == 0:
+        return
+    bad = (t < 0) | (t >= num_classes)
+    if ignore_index is not None:
+        bad &= t != ignore_index
+    if bool(bad.any()):
+        pos = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}: expected class labels in [0, {num_classes})"
+            + (f" or ignore_index {ignore_index}" if ignore_index is not None else "")
+            + f", got {int(t[pos])} at position {pos}"
+        )
+
+
+def class_weight(name: str, w, num_classes: int, like: torch.Tensor) -> torch.Tensor | None:
+    """An optional 1-D floating tensor of `num_classes` elements on `like`'s device."""
+    if w is None:
+        return None
+    floating(name, w)
+    same_device(input=like, **{name: w})
+    if w.dim() != 1 or w.numel() != num_classes:
+        raise ValueError(f"{name}: expected a 1-D tensor of {num_classes} elements, got shape {tuple(w.shape)}")
+    return w.detach().contiguous()

@@ -1,0 +1,510 @@
+"""Classification losses: elementwise (binary, margin, KL) and row kernels (softmax over C).
+
+Elementwise losses plug `_terms` into kernels/_elementwise.py, like the regression family.
+
+Row losses see the input as R = N * S rows of C classes, with classes strided by S (the
+[N, C, d1, ...] layout of torch, S = d1 * ...; S = 1 for [N, C]); a program owns
+BLOCK_R rows and walks the classes in BLOCK_C columns. The softmax kernels keep an online
+(max, sum of exponentials) per row, so any C runs in one pass; the forward writes per-row
+stats (log-sum-exp and one or two more numbers) that the backward uses to write the
+gradient in one more pass: logits are read twice in all and nothing of size N x C is
+stored but the gradient. Class labels are never trusted for addresses: a label outside
+[0, C) (and not ignore_index) makes its row NaN.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _elementwise as E
+from . import _math, _reduce, _tuning
+from ._reduce import MEAN, NONE, SUM  # noqa: F401 (re-exported for the public layer)
+
+# elementwise LOSS ids
+BCE, BCE_LOGITS, BALANCED_BCE, SIGMOID_FOCAL, SOFT_MARGIN, HINGE, EXPONENTIAL, KL_DIV = range(8)
+# OPT bits: KL_DIV's log_target; BCE_LOGITS's pos_weight given in z (else in q)
+LOG_TARGET, POS_WEIGHT_IN_Z = 1, 1
+# row LOSS ids
+CE, CE_PROB, NLL, SOFTMAX_FOCAL, MEAN_VAR, MULTI_MARGIN, MULTILABEL_SOFT_MARGIN = range(7)
+
+_LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _sigmoid_pair(x):
+    """(sigmoid(x), sigmoid(-x)), each without cancellation."""
+    e = _math.exp(-tl.abs(x))
+    big = 1.0 / (1.0 + e)
+    small = e / (1.0 + e)
+    return tl.where(x >= 0, big, small), tl.where(x >= 0, small, big)
+
+
+@triton.jit
+def _terms(LOSS: tl.constexpr, OPT: tl.constexpr, x, y, z, q, p0, p1, p2, p3):
+    """(loss, dloss/dx, dloss/dy, dloss/dz) for one element."""
+    dz = tl.zeros_like(x)
+    if LOSS == 0:  # BCE on probabilities, logs clamped at -100 as torch
+        lx = tl.maximum(tl.log(x), -100.0)
+        l1x = tl.maximum(tl.log(1.0 - x), -100.0)
+        loss = -(y * lx + (1.0 - y) * l1x)
+        dx = (x - y) / tl.maximum((1.0 - x) * x, 1e-12)
+        dy = l1x - lx
+    elif LOSS == 1:  # BCE_LOGITS, pos_weight in z or q: (1 - y) x + (1 + (pw - 1) y) softplus(-x)
+        if OPT & 1:
+            pw = z
+        else:
+            pw = q
+        sp = _math.softplus(-x)
+        _, s_neg = _sigmoid_pair(x)
+        lw = 1.0 + (pw - 1.0) * y
+        loss = (1.0 - y) * x + lw * sp
+        dx = (1.0 - y) - lw * s_neg
+        dy = -x + (pw - 1.0) * sp
+    elif LOSS == 2:  # BALANCED_BCE, q = beta of the sample
+        sp = _math.softplus(-x)
+        s_pos, s_neg = _sigmoid_pair(x)
+        loss = q * y * sp + (1.0 - q) * (1.0 - y) * (x + sp)
+        dx = -q * y * s_neg + (1.0 - q) * (1.0 - y) * s_pos
+        dy = q * sp - (1.0 - q) * (x + sp)
+    elif LOSS == 3:  # SIGMOID_FOCAL, p0 = alpha (< 0: none), p1 = gamma
+        sp = _math.softplus(-x)
+        p, r = _sigmoid_pair(x)
+        ce = (1.0 - y) * x + sp
+        omp = r * y + p * (1.0 - y)  # 1 - p_t without cancellation
+        m = _math.power(omp, p1)
+        # gamma (1 - p_t)^(gamma - 1), taken as 0 where 1 - p_t = 0 (finite for gamma < 1)
+        g1 = tl.where(omp > 0, p1 * m / tl.where(omp > 0, omp, 1.0), 0.0)
+        use_alpha = p0 >= 0
+        at = tl.where(use_alpha, p0 * y + (1.0 - p0) * (1.0 - y), 1.0)
+        dat = tl.where(use_alpha, 2.0 * p0 - 1.0, 0.0)
+        loss = at * ce * m
+        dx = at * ((p - y) * m + ce * g1 * p * r * (1.0 - 2.0 * y))
+        dy = at * (-x * m + ce * g1 * (r - p)) + dat * ce * m
+    elif LOSS == 4:  # SOFT_MARGIN: softplus(-y x), finite for any finite y x
+        _, s_neg = _sigmoid_pair(y * x)
+        loss = _math.softplus(-y * x)
+        dx = -y * s_neg
+        dy = -x * s_neg
+    elif LOSS == 5:  # HINGE, p0 = margin (0: perceptron)
+        h = p0 - y * x
+        on = h > 0
+        loss = tl.where(on, h, 0.0)
+        dx = tl.where(on, -y, 0.0)
+        dy = tl.where(on, -x, 0.0)
+    elif LOSS == 6:  # EXPONENTIAL
+        e = _math.exp(-y * x)
+        loss = e
+        dx = -y * e
+        dy = -x * e
+    else:  # KL_DIV
+        if OPT & 1:  # log_target
+            et = _math.exp(y)
+            loss = et * (y - x)
+            dx = -et
+            dy = et * (y - x + 1.0)
+        else:  # xlogy(y, y) - y x; torch's target gradient is NaN at y = 0
+            ly = tl.log(y)
+            loss = tl.where(y == 0, 0.0, y * ly) - y * x
+            dx = -y
+            dy = tl.where(y == 0, float("nan"), ly + 1.0 - x)
+    return loss, dx, dy, dz
+
+
+@triton.jit
+def _forward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, out_ptr, part_ptr, n, nq, q_div,
+                    p0, p1, p2, p3,
+                    LOSS: tl.constexpr, OPT: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_W: tl.constexpr, HAS_Q: tl.constexpr, REDUCE: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    pid, offs, mask, x, y, z, w, q = E.load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, q_div, p0,
+                                                  HAS_Z, HAS_W, HAS_Q, BLOCK)
+    loss, _, _, _ = _terms(LOSS, OPT, x, y, z, q, p0, p1, p2, p3)
+    E.store_loss(loss, w, pid, offs, mask, out_ptr, part_ptr, HAS_W, REDUCE)
+
+
+@triton.jit
+def _backward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, g_ptr, stat_ptr,
+                     dx_ptr, dy_ptr, dz_ptr, n, nq, q_div, p0, p1, p2, p3,
+                     LOSS: tl.constexpr, OPT: tl.constexpr, HAS_Z: tl.constexpr,
+                     HAS_W: tl.constexpr, HAS_Q: tl.constexpr, REDUCE: tl.constexpr,
+                     NEED_X: tl.constexpr, NEED_Y: tl.constexpr, NEED_Z: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    pid, offs, mask, x, y, z, w, q = E.load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, q_div, p0,
+                                                  HAS_Z, HAS_W, HAS_Q, BLOCK)
+    g = E.grad_scale(g_ptr, stat_ptr, offs, mask, REDUCE)
+    _, dx, dy, dz = _terms(LOSS, OPT, x, y, z, q, p0, p1, p2, p3)
+    E.store_grad(dx_ptr, offs, mask, g, w, dx, NEED_X)
+    E.store_grad(dy_ptr, offs, mask, g, w, dy, NEED_Y)
+    E.store_grad(dz_ptr, offs, mask, g, w, dz, NEED_Z)
+
+
+FORWARD_SPACE = _tuning.Space("classification.forward", _forward_kernel, E.SPACE, E.DEFAULT)
+BACKWARD_SPACE = _tuning.Space("classification.backward", _backward_kernel, E.SPACE, E.DEFAULT)
+forward = functools.partial(E.forward, FORWARD_SPACE)
+backward = functools.partial(E.backward, BACKWARD_SPACE)
+
+
+# ---------------------------------------------------------------------------------------
+# row kernels
+
+
+@triton.jit
+def _rows(C, S, R, BLOCK_R: tl.constexpr):
+    """This program's rows, their mask and the offset of each row's class 0."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    n = rows // S
+    return rows, rmask, n * C * S + (rows - n * S)
+
+
+@triton.jit
+def _labels(t_ptr, w_ptr, x_ptr, base, rows, rmask, C, S, ignore_index,
+            HAS_IGNORE: tl.constexpr, HAS_W: tl.constexpr):
+    """Per row: used (label in [0, C)), bad (out of range and not ignored), the safe label,
+    its logit and its class weight (1 without weights). Nothing is read for other rows."""
+    t = tl.load(t_ptr + rows, mask=rmask, other=0)
+    if HAS_IGNORE:
+        ignored = t == ignore_index
+    else:
+        ignored = rows < 0
+    used = rmask & (t >= 0) & (t < C) & (~ignored)
+    bad = rmask & (~ignored) & ((t < 0) | (t >= C))
+    tc = tl.where(used, t, 0)
+    xt = tl.load(x_ptr + base + tc * S, mask=used, other=0.0).to(tl.float32)
+    if HAS_W:
+        wt = tl.load(w_ptr + tc, mask=used, other=0.0).to(tl.float32)
+    else:
+        wt = tl.where(used, 1.0, 0.0)
+    return used, bad, tc, xt, wt
+
+
+@triton.jit
+def _tile(x_ptr, base, rmask, c0, C, S, other, BLOCK_C: tl.constexpr):
+    """Columns c0 .. c0 + BLOCK_C of the rows: (cols, 2-D mask, offsets, fp32 values)."""
+    cols = c0 + tl.arange(0, BLOCK_C)
+    mask = rmask[:, None] & (cols < C)[None, :]
+    offs = base[:, None] + cols.to(tl.int64)[None, :] * S
+    x = tl.load(x_ptr + offs, mask=mask, other=other).to(tl.float32)
+    return cols, mask, offs, x
+
+
+@triton.jit
+def _row_epilogue(loss, norm, rows, rmask, pid, out_ptr, part_ptr, HAS_NORM: tl.constexpr,
+                  REDUCE: tl.constexpr):
+    """Per-row loss ("none") or this program's partial sums of loss and normaliser."""
+    if REDUCE == 0:
+        tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=rmask)
+    else:
+        tl.store(part_ptr + pid, tl.sum(tl.where(rmask, loss, 0.0), axis=0))
+        if HAS_NORM:
+            tl.store(part_ptr + tl.num_programs(0) + pid, tl.sum(tl.where(rmask, norm, 0.0), axis=0))
+
+
+@triton.jit
+def _row_grad_scale(g_ptr, red_ptr, rows, rmask, REDUCE: tl.constexpr):
+    """d(result)/d(row loss): grad_output per row, or the scalar over the normaliser."""
+    if REDUCE == 0:
+        g = tl.load(g_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    else:
+        g = tl.load(g_ptr).to(tl.float32) + tl.zeros(rows.shape, tl.float32)
+        if REDUCE == 2:
+            g = g / tl.load(red_ptr)
+    return g
+
+
+@triton.jit
+def _softmax_forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, part_ptr, stat_ptr, R, C, S,
+                            ignore_index, eps, p0, p1, p2,
+                            LOSS: tl.constexpr, HAS_W: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                            HAS_NORM: tl.constexpr, REDUCE: tl.constexpr,
+                            BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """CE (eps = label smoothing), CE_PROB, NLL, SOFTMAX_FOCAL (p0 = alpha when no alpha
+    tensor, p1 = gamma), MEAN_VAR (p0 = lambda_mean, p1 = lambda_var, p2 = 1 with CE).
+    stats, planar [3, R]: log-sum-exp, then U = sum_c u_c (CE, CE_PROB), the focal factor
+    k (SOFTMAX_FOCAL) or the mean and variance of centred ages (MEAN_VAR)."""
+    pid = tl.program_id(0)
+    rows, rmask, base = _rows(C, S, R, BLOCK_R)
+    if LOSS != 1:
+        used, bad, tc, xt, wt = _labels(t_ptr, w_ptr, x_ptr, base, rows, rmask, C, S, ignore_index,
+                                        HAS_IGNORE, HAS_W)
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_R], tl.float32)
+    acc1 = tl.zeros([BLOCK_R], tl.float32)  # CE: sum w x; CE_PROB: sum u x; MEAN_VAR: sum e a
+    acc2 = tl.zeros([BLOCK_R], tl.float32)  # CE: sum w; CE_PROB: sum u; MEAN_VAR: sum e a^2
+    if LOSS != 2:
+        for c0 in range(0, C, BLOCK_C):
+            cols, mask, offs, x = _tile(x_ptr, base, rmask, c0, C, S, float("-inf"), BLOCK_C)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing finite yet
+            scale = tl.exp2((m - m_ref) * _LOG2E)
+            e = tl.exp2((x - m_ref[:, None]) * _LOG2E)
+            s = s * scale + tl.sum(e, axis=1)
+            if LOSS == 0 or LOSS == 1:
+                if HAS_W:
+                    wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+                else:
+                    wc = tl.where(cols < C, 1.0, 0.0)
+                if LOSS == 0:
+                    if eps > 0:
+                        acc1 += tl.sum(tl.where(mask, wc[None, :] * x, 0.0), axis=1)
+                        acc2 += tl.sum(tl.where(mask, wc[None, :], 0.0), axis=1)
+                else:
+                    tp = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                    u = wc[None, :] * ((1.0 - eps) * tp + eps / C)
+                    acc1 += tl.sum(tl.where(mask & (u != 0), u * x, 0.0), axis=1)
+                    acc2 += tl.sum(tl.where(mask, u, 0.0), axis=1)
+            elif LOSS == 4:
+                a = cols.to(tl.float32) - (C - 1) * 0.5
+                acc1 = acc1 * scale + tl.sum(e * a[None, :], axis=1)
+                acc2 = acc2 * scale + tl.sum(e * (a * a)[None, :], axis=1)
+            m = m_new
+    lse = m + tl.log(s)
+    norm = tl.zeros([BLOCK_R], tl.float32)
+    st2 = tl.zeros([BLOCK_R], tl.float32)
+    st3 = tl.zeros([BLOCK_R], tl.float32)
+    if LOSS == 0:  # sum_c u_c (lse - x_c), u = eps/C w + (1 - eps) w_t [c = t]
+        a_t = (1.0 - eps) * wt
+        st2 = a_t + eps / C * acc2
+        loss = a_t * (lse - xt)
+        if eps > 0:
+            loss += eps / C * (acc2 * lse - acc1)
+        norm = wt
+    elif LOSS == 1:
+        loss = acc2 * lse - acc1
+        st2 = acc2
+        used = rmask
+        bad = rows < 0
+    elif LOSS == 2:
+        loss = -wt * xt
+        norm = wt
+    elif LOSS == 3:
+        logp = xt - lse
+        omp = -_math.expm1(logp)  # 1 - p_t
+        if HAS_W:  # alpha_t
+            at = wt
+        else:
+            at = p0 + tl.zeros([BLOCK_R], tl.float32)
+        mg = _math.power(omp, p1)
+        loss = -at * mg * logp
+        g1 = tl.where(omp > 0, p1 * mg / tl.where(omp > 0, omp, 1.0), 0.0)  # gamma (1-p)^(gamma-1)
+        st2 = at * (g1 * (1.0 - omp) * logp - mg)  # d loss / d x_j = k ([j = t] - p_j)
+        norm = tl.where(used, 1.0, 0.0)
+    else:
+        mc = acc1 / s
+        var = tl.maximum(acc2 / s - mc * mc, 0.0)
+        dm = mc + (C - 1) * 0.5 - tc.to(tl.float32)
+        loss = p2 * (lse - xt) + 0.5 * p0 * dm * dm + p1 * var
+        st2 = mc
+        st3 = var
+    loss = tl.where(used, loss, tl.where(bad, float("nan"), 0.0))
+    tl.store(stat_ptr + rows, lse, mask=rmask)
+    tl.store(stat_ptr + R + rows, st2, mask=rmask)
+    tl.store(stat_ptr + 2 * R + rows, st3, mask=rmask)
+    _row_epilogue(loss, norm, rows, rmask, pid, out_ptr, part_ptr, HAS_NORM, REDUCE)
+
+
+@triton.jit
+def _softmax_backward_kernel(x_ptr, t_ptr, w_ptr, g_ptr, red_ptr, stat_ptr, dx_ptr, dt_ptr,
+                             R, C, S, ignore_index, eps, p0, p1, p2,
+                             LOSS: tl.constexpr, HAS_W: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                             HAS_NORM: tl.constexpr, REDUCE: tl.constexpr,
+                             NEED_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dx (and dt for CE_PROB) of `_softmax_forward_kernel`'s losses from its stats."""
+    rows, rmask, base = _rows(C, S, R, BLOCK_R)
+    g = _row_grad_scale(g_ptr, red_ptr, rows, rmask, REDUCE)
+    lse = tl.load(stat_ptr + rows, mask=rmask, other=0.0)
+    st2 = tl.load(stat_ptr + R + rows, mask=rmask, other=0.0)
+    st3 = tl.load(stat_ptr + 2 * R + rows, mask=rmask, other=0.0)
+    if LOSS != 1:
+        used, bad, tc, xt, wt = _labels(t_ptr, w_ptr, x_ptr, base, rows, rmask, C, S, ignore_index,
+                                        HAS_IGNORE, HAS_W)
+        # a NaN row for a bad label, exact zeros for ignored rows (even with NaN logits)
+        g = tl.where(used, g, tl.where(bad, float("nan"), 0.0))
+        dm = st2 + (C - 1) * 0.5 - tc.to(tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols, mask, offs, x = _tile(x_ptr, base, rmask, c0, C, S, 0.0, BLOCK_C)
+        if LOSS != 2:
+            p = tl.exp2((x - lse[:, None]) * _LOG2E)
+        if LOSS == 0 or LOSS == 1:
+            if HAS_W:
+                wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+            else:
+                wc = tl.where(cols < C, 1.0, 0.0)
+            if LOSS == 0:
+                is_t = cols[None, :] == tc[:, None]
+                u = eps / C * wc[None, :] + tl.where(is_t, ((1.0 - eps) * wt)[:, None], 0.0)
+            else:
+                tp = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                u = wc[None, :] * ((1.0 - eps) * tp + eps / C)
+                if NEED_T:
+                    dt = -(1.0 - eps) * wc[None, :] * (x - lse[:, None]) * g[:, None]
+                    tl.store(dt_ptr + offs, dt.to(dt_ptr.dtype.element_ty), mask=mask)
+            d = st2[:, None] * p - u
+        elif LOSS == 2:
+            d = tl.where(cols[None, :] == tc[:, None], -wt[:, None], 0.0)
+        elif LOSS == 3:
+            d = st2[:, None] * (tl.where(cols[None, :] == tc[:, None], 1.0, 0.0) - p)
+        else:
+            da = cols.to(tl.float32)[None, :] - (C - 1) * 0.5 - st2[:, None]
+            ce = p - tl.where(cols[None, :] == tc[:, None], 1.0, 0.0)
+            d = p2 * ce + p0 * dm[:, None] * p * da + p1 * p * (da * da - st3[:, None])
+        d = tl.where(g[:, None] == 0, 0.0, g[:, None] * d)  # ignored rows exactly 0
+        tl.store(dx_ptr + offs, d.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _margin_forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, part_ptr, stat_ptr, R, C, S, margin, p,
+                           LOSS: tl.constexpr, HAS_W: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                           HAS_NORM: tl.constexpr, REDUCE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """[N, C] rows. MULTI_MARGIN: w_t / C sum_{j != t} max(0, margin - x_t + x_j)^p, stat =
+    sum_j p h_j^(p-1) over active j. MULTILABEL_SOFT_MARGIN (t: float targets like x):
+    1/C sum_c w_c (t softplus(-x) + (1 - t) softplus(x))."""
+    pid = tl.program_id(0)
+    rows, rmask, base = _rows(C, 1, R, BLOCK_R)
+    acc = tl.zeros([BLOCK_R], tl.float32)
+    act = tl.zeros([BLOCK_R], tl.float32)
+    if LOSS == 5:
+        used, bad, tc, xt, wt = _labels(t_ptr, w_ptr, x_ptr, base, rows, rmask, C, 1, 0, False, HAS_W)
+    for c0 in range(0, C, BLOCK_C):
+        cols, mask, offs, x = _tile(x_ptr, base, rmask, c0, C, 1, 0.0, BLOCK_C)
+        if LOSS == 5:
+            h = margin - xt[:, None] + x
+            on = mask & (h > 0) & (cols[None, :] != tc[:, None])
+            if p == 1:
+                acc += tl.sum(tl.where(on, h, 0.0), axis=1)
+                act += tl.sum(tl.where(on, 1.0, 0.0), axis=1)
+            else:
+                acc += tl.sum(tl.where(on, h * h, 0.0), axis=1)
+                act += tl.sum(tl.where(on, 2.0 * h, 0.0), axis=1)
+        else:
+            y = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_W:
+                wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+            else:
+                wc = tl.where(cols < C, 1.0, 0.0)
+            sp = _math.softplus(-x)
+            acc += tl.sum(tl.where(mask & (wc[None, :] != 0), wc[None, :] * (y * sp + (1.0 - y) * (x + sp)),
+                                   0.0), axis=1)
+    if LOSS == 5:
+        loss = tl.where(used, wt / C * acc, tl.where(bad, float("nan"), 0.0))
+        tl.store(stat_ptr + rows, act, mask=rmask)
+    else:
+        loss = acc / C
+    _row_epilogue(loss, loss, rows, rmask, pid, out_ptr, part_ptr, HAS_NORM, REDUCE)
+
+
+@triton.jit
+def _margin_backward_kernel(x_ptr, t_ptr, w_ptr, g_ptr, red_ptr, stat_ptr, dx_ptr, dt_ptr, R, C, S, margin, p,
+                            LOSS: tl.constexpr, HAS_W: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                            HAS_NORM: tl.constexpr, REDUCE: tl.constexpr, NEED_T: tl.constexpr,
+                            BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows, rmask, base = _rows(C, 1, R, BLOCK_R)
+    g = _row_grad_scale(g_ptr, red_ptr, rows, rmask, REDUCE) / C
+    if LOSS == 5:
+        used, bad, tc, xt, wt = _labels(t_ptr, w_ptr, x_ptr, base, rows, rmask, C, 1, 0, False, HAS_W)
+        gw = tl.where(used, g * wt, float("nan"))
+        act = tl.load(stat_ptr + rows, mask=rmask, other=0.0)
+    for c0 in range(0, C, BLOCK_C):
+        cols, mask, offs, x = _tile(x_ptr, base, rmask, c0, C, 1, 0.0, BLOCK_C)
+        if LOSS == 5:
+            h = margin - xt[:, None] + x
+            is_t = cols[None, :] == tc[:, None]
+            on = (h > 0) & (~is_t)
+            if p == 1:
+                d = tl.where(on, 1.0, 0.0)
+            else:
+                d = tl.where(on, 2.0 * h, 0.0)
+            d = gw[:, None] * tl.where(is_t, -act[:, None], d)
+        else:
+            y = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_W:
+                wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+            else:
+                wc = tl.where(cols < C, 1.0, 0.0)
+            keep = wc[None, :] != 0
+            s_pos, _ = _sigmoid_pair(x)
+            gw = g[:, None] * wc[None, :]
+            d = tl.where(keep, gw * (s_pos - y), 0.0)
+            if NEED_T:
+                tl.store(dt_ptr + offs, tl.where(keep, -gw * x, 0.0).to(dt_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + offs, d.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+_ROW_SPACE = [{"TILE": t, "num_warps": w, "num_stages": 1} for t in (1024, 2048, 4096, 8192, 16384) for w in (4, 8, 16)]
+_ROW_DEFAULT = {"TILE": 4096, "num_warps": 8, "num_stages": 1}
+SOFTMAX_FORWARD_SPACE = _tuning.Space("classification.softmax_forward", _softmax_forward_kernel,
+                                      _ROW_SPACE, _ROW_DEFAULT)
+SOFTMAX_BACKWARD_SPACE = _tuning.Space("classification.softmax_backward", _softmax_backward_kernel,
+                                       _ROW_SPACE, _ROW_DEFAULT)
+MARGIN_FORWARD_SPACE = _tuning.Space("classification.margin_forward", _margin_forward_kernel,
+                                     _ROW_SPACE, _ROW_DEFAULT)
+MARGIN_BACKWARD_SPACE = _tuning.Space("classification.margin_backward", _margin_backward_kernel,
+                                      _ROW_SPACE, _ROW_DEFAULT)
+
+
+def _blocks(config: dict, R: int, C: int) -> dict:
+    """A TILE of elements as BLOCK_R rows x BLOCK_C classes: whole rows while C fits."""
+    block_c = min(triton.next_power_of_2(max(C, 1)), config["TILE"])
+    block_r = max(1, min(config["TILE"] // block_c, triton.next_power_of_2(max(R, 1))))
+    return dict(BLOCK_R=block_r, BLOCK_C=block_c, num_warps=config["num_warps"],
+                num_stages=config["num_stages"])
+
+
+def _row_key(loss: int, reduce: int, R: int, C: int, S: int, x) -> tuple:
+    return (loss, reduce, _tuning.bucket(R), _tuning.bucket(C), S == 1, str(x.dtype).removeprefix("torch."))
+
+
+def row_forward(space, x, t, w, reduce, C, S, scalars, flags, count=None):
+    """Per-row loss [R] ("none") or the reduced 0-dim loss: (out, row stats [3 R], reduce
+    stats [normaliser, result]). `scalars` are the kernel's arguments after (R, C, S); the
+    normaliser of "mean" is the partial sums' (flags HAS_NORM) or `count` (default R)."""
+    R = x.numel() // C if C else 0
+    out = torch.empty((R,) if reduce == NONE else (), dtype=x.dtype, device=x.device)
+    stats = torch.empty(3 * R, dtype=torch.float32, device=x.device)
+    red = torch.zeros(2, dtype=torch.float32, device=x.device)
+    has_norm = flags["HAS_NORM"]
+    ptrs = [v if v is not None else x for v in (t, w)]
+    parts = {}
+
+    def launch(c):
+        b = _blocks(c, R, C)
+        n_part = triton.cdiv(R, b["BLOCK_R"])
+        if reduce == NONE:
+            part = out
+        elif n_part not in parts:
+            part = parts[n_part] = _reduce.partials(n_part, has_norm, x.device)
+        else:
+            part = parts[n_part]
+        space.kernel[(n_part,)](x, *ptrs, out, part, stats, R, C, S, *scalars, HAS_W=w is not None,
+                                REDUCE=reduce, **flags, **b)
+        return part, n_part
+
+    part, n_part = torch.empty(0, dtype=torch.float32, device=x.device), 0
+    if R > 0:
+        key = _row_key(flags["LOSS"], reduce, R, C, S, x)
+        part, n_part = launch(_tuning.pick(space, key, E._device_name(x), launch))
+    if reduce != NONE:
+        red = _reduce.finish(part, n_part, out, R if count is None else count, has_norm, reduce)
+    return out, stats, red
+
+
+def row_backward(space, x, t, w, g, red, stats, reduce, C, S, scalars, flags, need_t):
+    """(dx, dt): the input's gradient and, when `need_t`, the float target's."""
+    R = x.numel() // C if C else 0
+    dx = torch.empty_like(x)
+    dt = torch.empty_like(t) if need_t else None
+    if R == 0:
+        return dx, dt
+    ptrs = [v if v is not None else x for v in (t, w)]
+
+    def launch(c):
+        b = _blocks(c, R, C)
+        space.kernel[(triton.cdiv(R, b["BLOCK_R"]),)](
+            x, *ptrs, g, red, stats, dx, dt if dt is not None else x, R, C, S, *scalars,
+            HAS_W=w is not None, REDUCE=reduce, NEED_T=need_t, **flags, **b)
+
+    key = _row_key(flags["LOSS"], reduce, R, C, S, x) + (need_t,)
+    launch(_tuning.pick(space, key, E._device_name(x), launch))
+    return dx, dt
