@@ -21,14 +21,23 @@ Triplet mining (`triplet_loss`):
 Every gradient w.r.t. normalised rows goes through `_normalize_backward` (the projection
 of `F.normalize`).
 
-Reductions are two stage: the per-anchor losses and counts are the partials that
-`kernels/_reduce.finish` adds in a fixed order.
+Row losses (triplet_margin, cosine_embedding, contrastive, center, ring) take one program
+per block of rows: a pass over D for the row statistics, then the loss; the backward
+recomputes the statistics and writes the gradients in a second pass. Centers' gradients
+and `update_centers` are segmented sums over the samples sorted by label (no atomics).
+margin_ranking and hinge_embedding are elementwise losses on kernels/_elementwise.py.
+
+Reductions are two stage (per-program or per-anchor partials that `kernels/_reduce.finish`
+adds in a fixed order): deterministic.
 """
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
+from . import _elementwise as E
 from . import _math, _reduce, _tuning
 from ._reduce import MEAN, NONE, SUM  # noqa: F401 (re-exported for the public layer)
 
@@ -126,7 +135,7 @@ def _grad_scale(g_ptr, stat_ptr, idx, mask, REDUCE: tl.constexpr):
         g = tl.load(g_ptr).to(tl.float32)
         if REDUCE == 2:
             g = g / tl.maximum(tl.load(stat_ptr), 1.0)
-        return g + tl.zeros(idx.shape, tl.float32)
+        return g + (idx * 0).to(tl.float32)
 
 
 @triton.jit
@@ -518,3 +527,414 @@ def finish_anchor_sum(part: torch.Tensor, B: int, reduce: int):
     total = torch.empty((), dtype=torch.float32, device=part.device)
     stats = _reduce.finish(part, B, total, 0.0, True, SUM)
     return total, stats
+
+
+# --- row losses: one program per block of rows, the row statistics then the loss ----------
+
+# LOSS ids of the row kernels
+TRIPLET_MARGIN, COSINE_EMBEDDING, CONTRASTIVE, CENTER, RING = range(5)
+# OPT bits: TRIPLET_MARGIN swap, p == 2, p == 1
+SWAP, P2, P1 = 1, 2, 4
+_COS_EPS = tl.constexpr(1e-12)  # torch cosine_embedding_loss's EPSILON
+
+
+@triton.jit
+def _pnorm_terms(v, p, OPT: tl.constexpr):
+    """|v|^p elementwise (p = 2 and p = 1 exact)."""
+    if OPT & 2:
+        return v * v
+    elif OPT & 4:
+        return tl.abs(v)
+    else:
+        return _math.power(tl.abs(v), p)
+
+
+@triton.jit
+def _pnorm(s, p, OPT: tl.constexpr):
+    """S^(1/p)."""
+    if OPT & 2:
+        return tl.sqrt(s)
+    elif OPT & 4:
+        return s
+    else:
+        return _math.power(s, 1.0 / p)
+
+
+@triton.jit
+def _dpnorm(v, d, p, OPT: tl.constexpr):
+    """d norm_p(v) / dv = |v|^(p-1) sign(v) / d^(p-1), 0 where d = 0 (as torch's norm backward)."""
+    if OPT & 2:
+        return v * tl.where(d > 0, 1.0 / tl.where(d > 0, d, 1.0), 0.0)
+    elif OPT & 4:
+        return _math.sign(v)
+    else:
+        a = tl.abs(v)
+        r = _math.power(tl.where(d > 0, a / tl.where(d > 0, d, 1.0), 0.0), p - 1.0)
+        return tl.where(d > 0, r * _math.sign(v), 0.0)
+
+
+@triton.jit
+def _row_terms(LOSS: tl.constexpr, a, b):
+    """Per-element summands of the three row statistics (TRIPLET_MARGIN's are in _row_stats)."""
+    if LOSS == 1:  # COSINE_EMBEDDING: a.b, a.a, b.b
+        return a * b, a * a, b * b
+    elif LOSS == 2 or LOSS == 3:  # CONTRASTIVE / CENTER: |a - b|^2
+        diff = a - b
+        return diff * diff, a * 0.0, a * 0.0
+    else:  # RING: |a|^2
+        return a * a, a * 0.0, a * 0.0
+
+
+@triton.jit
+def _row_loss(LOSS: tl.constexpr, OPT: tl.constexpr, s0, s1, s2, t, r, p0, p1):
+    """Per-row loss and the coefficients k0, k1, k2 of its gradient (see _row_grads)."""
+    zero = s0 * 0.0
+    if LOSS == 0:  # TRIPLET_MARGIN: s = |a-p+eps|^p, |a-n+eps|^p, |p-n+eps|^p; p0 = p, p1 = margin
+        d_ap = _pnorm(s0, p0, OPT)
+        d_an = _pnorm(s1, p0, OPT)
+        if OPT & 1:
+            d_pn = _pnorm(s2, p0, OPT)
+            # torch.minimum: the gradient goes to the smaller, half to each on a tie
+            w_an = tl.where(d_an < d_pn, 1.0, tl.where(d_an == d_pn, 0.5, 0.0))
+            w_pn = 1.0 - w_an
+            d_neg = tl.minimum(d_an, d_pn)
+        else:
+            w_an = zero + 1.0
+            w_pn = zero
+            d_neg = d_an
+        z = p1 + d_ap - d_neg
+        loss = tl.where(z < 0, 0.0, z)  # clamp_min(., 0): NaN kept, gradient passes at 0
+        h = tl.where(z >= 0, 1.0, 0.0)
+        return loss, h, -h * w_an, -h * w_pn, d_ap, d_an, _pnorm(s2, p0, OPT)
+    elif LOSS == 1:  # COSINE_EMBEDDING: p0 = margin; t = target
+        den = tl.sqrt((s1 + _COS_EPS) * (s2 + _COS_EPS))
+        cos = s0 / den
+        z = cos - p0
+        neg = tl.where(z < 0, 0.0, z)
+        loss = tl.where(t == 1, 1.0 - cos, 0.0) + tl.where(t == -1, neg, 0.0)
+        dcos = tl.where(t == 1, -1.0, 0.0) + tl.where((t == -1) & (z >= 0), 1.0, 0.0)
+        return loss, dcos, cos, den, zero, zero, zero
+    elif LOSS == 2:  # CONTRASTIVE: p0 = margin; t = target (1 similar, 0 dissimilar)
+        d = tl.sqrt(s0)
+        gap = p0 - d
+        hinge = tl.where(gap > 0, gap, 0.0)
+        loss = 0.5 * t * s0 + 0.5 * (1.0 - t) * hinge * hinge
+        # d/d(a - b): t (a - b) - (1 - t) hinge (a - b) / d, direction 0 at d = 0
+        k = t - (1.0 - t) * hinge * tl.where(d > 0, 1.0 / tl.where(d > 0, d, 1.0), 0.0)
+        return loss, k, zero, zero, zero, zero, zero
+    elif LOSS == 3:  # CENTER: 1/2 |x - c_y|^2
+        return 0.5 * s0, zero + 1.0, zero, zero, zero, zero, zero
+    else:  # RING: 1/2 (|x| - r)^2; k0 multiplies x, k1 = d loss / d r
+        d = tl.sqrt(s0)
+        e = d - r
+        return 0.5 * e * e, e * tl.where(d > 0, 1.0 / tl.where(d > 0, d, 1.0), 0.0), -e, zero, zero, zero, zero
+
+
+@triton.jit
+def _row_stats(LOSS: tl.constexpr, OPT: tl.constexpr, a_ptr, b_ptr, c_ptr, rows, brows, rmask, bmask, D, p0, p3,
+               BR: tl.constexpr, BD: tl.constexpr):
+    s0 = tl.zeros([BR], tl.float32)
+    s1 = tl.zeros([BR], tl.float32)
+    s2 = tl.zeros([BR], tl.float32)
+    one = tl.full([BR], 1.0, tl.float32)
+    for k0 in range(0, D, BD):
+        cols = k0 + tl.arange(0, BD)
+        cm = cols < D
+        a = _load_rows(a_ptr, rows, rmask, cols, cm, D, one)
+        if LOSS != 4:
+            b = _load_rows(b_ptr, brows, bmask, cols, cm, D, one)
+        else:
+            b = a
+        if LOSS == 0:
+            c = _load_rows(c_ptr, rows, rmask, cols, cm, D, one)
+            m2 = rmask[:, None] & cm[None, :]
+            s0 += tl.sum(tl.where(m2, _pnorm_terms(a - b + p3, p0, OPT), 0.0), axis=1)
+            s1 += tl.sum(tl.where(m2, _pnorm_terms(a - c + p3, p0, OPT), 0.0), axis=1)
+            if OPT & 1:
+                s2 += tl.sum(tl.where(m2, _pnorm_terms(b - c + p3, p0, OPT), 0.0), axis=1)
+        else:
+            t0, t1, t2 = _row_terms(LOSS, a, b)
+            s0 += tl.sum(t0, axis=1)
+            s1 += tl.sum(t1, axis=1)
+            s2 += tl.sum(t2, axis=1)
+    return s0, s1, s2
+
+
+@triton.jit
+def _row_prologue(lab_ptr, t_ptr, r_ptr, N, C, LOSS: tl.constexpr, HAS_T: tl.constexpr, BR: tl.constexpr):
+    """This program's rows, the rows of b they pair with (CENTER: c_y, masked where y is out
+    of range), the per-row target and the ring radius."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    rmask = rows < N
+    if LOSS == 3:
+        y = tl.load(lab_ptr + rows, mask=rmask, other=0)
+        ok = (y >= 0) & (y < C)
+        bmask = rmask & ok
+        brows = tl.where(bmask, y, 0)
+    else:
+        ok = rmask
+        bmask = rmask
+        brows = rows
+    if HAS_T:
+        t = tl.load(t_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    else:
+        t = tl.zeros([BR], tl.float32)
+    if LOSS == 4:
+        r = tl.load(r_ptr).to(tl.float32)
+    else:
+        r = 0.0
+    return rows, rmask, brows, bmask, ok, t, r
+
+
+@triton.jit
+def _row_forward_kernel(a_ptr, b_ptr, c_ptr, lab_ptr, t_ptr, r_ptr, out_ptr, part_ptr, N, D, C, p0, p1, p3,
+                        LOSS: tl.constexpr, OPT: tl.constexpr, HAS_T: tl.constexpr, REDUCE: tl.constexpr,
+                        BR: tl.constexpr, BD: tl.constexpr):
+    rows, rmask, brows, bmask, ok, t, r = _row_prologue(lab_ptr, t_ptr, r_ptr, N, C, LOSS, HAS_T, BR)
+    s0, s1, s2 = _row_stats(LOSS, OPT, a_ptr, b_ptr, c_ptr, rows, brows, rmask, bmask, D, p0, p3, BR, BD)
+    loss, _, _, _, _, _, _ = _row_loss(LOSS, OPT, s0, s1, s2, t, r, p0, p1)
+    loss = tl.where(ok, loss, float("nan"))  # an out-of-range label gives NaN
+    loss = tl.where(rmask, loss, 0.0)
+    if REDUCE == 0:
+        tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=rmask)
+    else:
+        tl.store(part_ptr + tl.program_id(0), tl.sum(loss, axis=0))
+
+
+@triton.jit
+def _row_backward_kernel(a_ptr, b_ptr, c_ptr, lab_ptr, t_ptr, r_ptr, g_ptr, stat_ptr, da_ptr, db_ptr, dc_ptr,
+                         dr_ptr, N, D, C, p0, p1, p3,
+                         LOSS: tl.constexpr, OPT: tl.constexpr, HAS_T: tl.constexpr, REDUCE: tl.constexpr,
+                         NEED_A: tl.constexpr, NEED_B: tl.constexpr, NEED_C: tl.constexpr,
+                         BR: tl.constexpr, BD: tl.constexpr):
+    """Recomputes the row statistics, then writes the gradients block by block. CENTER
+    writes only da here (its centers' gradient is `_center_grad_kernel`'s); RING writes
+    the per-row d loss / d r (times grad) to dr."""
+    rows, rmask, brows, bmask, ok, t, r = _row_prologue(lab_ptr, t_ptr, r_ptr, N, C, LOSS, HAS_T, BR)
+    s0, s1, s2 = _row_stats(LOSS, OPT, a_ptr, b_ptr, c_ptr, rows, brows, rmask, bmask, D, p0, p3, BR, BD)
+    _, k0, k1, k2, e0, e1, e2 = _row_loss(LOSS, OPT, s0, s1, s2, t, r, p0, p1)
+    g = _grad_scale(g_ptr, stat_ptr, rows, rmask, REDUCE)
+    g = tl.where(ok, g, float("nan"))
+    if LOSS == 4:
+        tl.store(dr_ptr + rows, tl.where(rmask, g * k1, 0.0), mask=rmask)
+    one = tl.full([BR], 1.0, tl.float32)
+    for d0 in range(0, D, BD):
+        cols = d0 + tl.arange(0, BD)
+        cm = cols < D
+        m2 = rmask[:, None] & cm[None, :]
+        offs = rows[:, None] * D + cols[None, :]
+        a = _load_rows(a_ptr, rows, rmask, cols, cm, D, one)
+        if LOSS != 4:
+            b = _load_rows(b_ptr, brows, bmask, cols, cm, D, one)
+        else:
+            b = a
+        if LOSS == 0:  # k0 = dL/dd_ap, k1 = dL/dd_an, k2 = dL/dd_pn; e = the three distances
+            c = _load_rows(c_ptr, rows, rmask, cols, cm, D, one)
+            g_ap = _dpnorm(a - b + p3, e0[:, None], p0, OPT) * k0[:, None]
+            g_an = _dpnorm(a - c + p3, e1[:, None], p0, OPT) * k1[:, None]
+            if OPT & 1:
+                g_pn = _dpnorm(b - c + p3, e2[:, None], p0, OPT) * k2[:, None]
+            else:
+                g_pn = a * 0.0
+            da = g_ap + g_an
+            db = g_pn - g_ap
+            dc = -g_an - g_pn
+        elif LOSS == 1:  # k0 = dL/dcos, k1 = cos, k2 = sqrt(m1 m2)
+            inv = 1.0 / k2[:, None]
+            da = k0[:, None] * (b * inv - k1[:, None] * a / (s1[:, None] + _COS_EPS))
+            db = k0[:, None] * (a * inv - k1[:, None] * b / (s2[:, None] + _COS_EPS))
+            dc = a * 0.0
+        elif LOSS == 4:
+            da = k0[:, None] * a
+            db = a * 0.0
+            dc = a * 0.0
+        else:  # CONTRASTIVE / CENTER: k0 (a - b)
+            da = k0[:, None] * (a - b)
+            db = -da
+            dc = a * 0.0
+        if NEED_A:
+            tl.store(da_ptr + offs, (g[:, None] * da).to(da_ptr.dtype.element_ty), mask=m2)
+        if NEED_B:
+            tl.store(db_ptr + offs, (g[:, None] * db).to(db_ptr.dtype.element_ty), mask=m2)
+        if NEED_C:
+            tl.store(dc_ptr + offs, (g[:, None] * dc).to(dc_ptr.dtype.element_ty), mask=m2)
+
+
+ROW_SPACE = [{"BR": br, "BD": bd, "num_warps": w, "num_stages": 1}
+             for br in (4, 16, 32) for bd in (64, 128, 256) for w in (2, 4, 8)]
+ROW_DEFAULT = {"BR": 16, "BD": 64, "num_warps": 4, "num_stages": 1}
+ROW_FORWARD_SPACE = _tuning.Space("metric.row_forward", _row_forward_kernel, ROW_SPACE, ROW_DEFAULT)
+ROW_BACKWARD_SPACE = _tuning.Space("metric.row_backward", _row_backward_kernel, ROW_SPACE, ROW_DEFAULT)
+
+
+def _row_args(a, b, c, labels, target, radius):
+    """Pointers for absent operands (never read) and the class count for CENTER."""
+    C = b.shape[0] if labels is not None else 0
+    return [t if t is not None else a for t in (b, c, labels, target, radius)], C
+
+
+def row_forward(loss: int, opt: int, params, a, b, c, labels, target, radius, reduce: int):
+    """Per-row losses ("none": [N]) or the 0-dim reduced loss (mean over N), and stats."""
+    N, D = a.shape
+    p0, p1, p3 = (float(v) for v in params)
+    ptrs, C = _row_args(a, b, c, labels, target, radius)
+    out = torch.empty((N,) if reduce == NONE else (), dtype=a.dtype, device=a.device)
+    flags = dict(LOSS=loss, OPT=opt, HAS_T=target is not None, REDUCE=reduce)
+    parts = {}
+
+    def launch(cfg):
+        n_part = triton.cdiv(N, cfg["BR"])
+        part = out if reduce == NONE else parts.setdefault(n_part, _reduce.partials(n_part, False, a.device))
+        _row_forward_kernel[(n_part,)](a, *ptrs, out, part, N, D, C, p0, p1, p3, **flags, **cfg)
+        return part
+
+    part = torch.empty(0, dtype=torch.float32, device=a.device)
+    if N > 0:
+        key = (loss, opt, reduce, _tuning.bucket(N), _tuning.bucket(D), _dtype_key(a))
+        part = launch(_tuning.pick(ROW_FORWARD_SPACE, key, _device_name(a), launch))
+    stats = torch.zeros(2, dtype=torch.float32, device=a.device)
+    if reduce != NONE:
+        stats = _reduce.finish(part, part.numel(), out, N, False, reduce)
+    return out, stats
+
+
+def row_backward(loss: int, opt: int, params, a, b, c, labels, target, radius, reduce: int, g, stats, need):
+    """(da, db, dc, dr): gradients asked for by `need` (a, b, c), and for RING the per-row
+    d result / d radius as fp32 [N] (the caller sums it)."""
+    N, D = a.shape
+    p0, p1, p3 = (float(v) for v in params)
+    ptrs, C = _row_args(a, b, c, labels, target, radius)
+    grads = [torch.empty_like(t) if want else None for t, want in zip((a, b, c), need)]
+    dr = torch.empty(N, dtype=torch.float32, device=a.device) if loss == RING else None
+    if N == 0:
+        return (*grads, dr)
+    flags = dict(LOSS=loss, OPT=opt, HAS_T=target is not None, REDUCE=reduce,
+                 NEED_A=bool(need[0]), NEED_B=bool(need[1]), NEED_C=bool(need[2]))
+    outs = [t if t is not None else a for t in (*grads, dr)]
+
+    def launch(cfg):
+        _row_backward_kernel[(triton.cdiv(N, cfg["BR"]),)](a, *ptrs, g, stats, *outs, N, D, C, p0, p1, p3,
+                                                           **flags, **cfg)
+
+    key = (loss, opt, reduce, _tuning.bucket(N), _tuning.bucket(D), _dtype_key(a), tuple(need))
+    launch(_tuning.pick(ROW_BACKWARD_SPACE, key, _device_name(a), launch))
+    return (*grads, dr)
+
+
+# --- centers: segmented (per class) sums over the samples sorted by label ----------------
+
+@triton.jit
+def _center_segment_kernel(x_ptr, c_ptr, order_ptr, start_ptr, g_ptr, stat_ptr, out_ptr, D, alpha,
+                           UPDATE: tl.constexpr, REDUCE: tl.constexpr, BD: tl.constexpr):
+    """One program per (class j, block of D). Samples of class j are order[start[j]:start[j+1]].
+    UPDATE False: out[j] = -sum_i g_i (x_i - c_j), the centers' gradient of center_loss.
+    UPDATE True: c_j -= alpha sum_i (c_j - x_i) / (1 + n_j), in place, only where n_j > 0."""
+    j = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BD + tl.arange(0, BD)
+    cm = cols < D
+    start = tl.load(start_ptr + j)
+    end = tl.load(start_ptr + j + 1)
+    c = tl.load(c_ptr + j * D + cols, mask=cm, other=0.0).to(tl.float32)
+    acc = tl.zeros([BD], tl.float32)
+    for e in range(start, end):
+        i = tl.load(order_ptr + e)
+        x = tl.load(x_ptr + i * D + cols, mask=cm, other=0.0).to(tl.float32)
+        if UPDATE:
+            acc += c - x
+        else:
+            acc += _grad_scale(g_ptr, stat_ptr, i, i >= 0, REDUCE) * (x - c)
+    if UPDATE:
+        if end > start:
+            c = c - alpha * acc / (1.0 + (end - start).to(tl.float32))
+            tl.store(c_ptr + j * D + cols, c.to(c_ptr.dtype.element_ty), mask=cm)
+    else:
+        tl.store(out_ptr + j * D + cols, (-acc).to(out_ptr.dtype.element_ty), mask=cm)
+
+
+_SEGMENT_BD = 128
+
+
+def _segments(labels: torch.Tensor, num_classes: int):
+    """(order, start): the samples sorted by label (stable) and where each class begins;
+    labels outside [0, num_classes) fall in no class."""
+    order = torch.argsort(labels, stable=True)
+    start = torch.searchsorted(labels[order], torch.arange(num_classes + 1, device=labels.device))
+    return order, start
+
+
+def center_grad(x, centers, labels, g, stats, reduce: int) -> torch.Tensor:
+    """d result / d centers of center_loss, deterministic (no atomics)."""
+    C, D = centers.shape
+    dc = torch.empty_like(centers)
+    if C == 0 or D == 0:
+        return dc
+    order, start = _segments(labels, C)
+    _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](x, centers, order, start, g, stats, dc, D, 0.0,
+                                                            UPDATE=False, REDUCE=reduce, BD=_SEGMENT_BD)
+    return dc
+
+
+def update_centers(centers, x, labels, alpha: float) -> None:
+    """In place: c_j -= alpha sum_{y_i = j} (c_j - x_i) / (1 + n_j) (Wen et al. 2016)."""
+    C, D = centers.shape
+    if C == 0 or D == 0 or x.shape[0] == 0:
+        return
+    order, start = _segments(labels, C)
+    _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](x, centers, order, start, x, x, centers, D, alpha,
+                                                            UPDATE=True, REDUCE=NONE, BD=_SEGMENT_BD)
+
+
+# --- elementwise pair losses (kernels/_elementwise.py) ---------------------------------------
+
+MARGIN_RANKING, HINGE_EMBEDDING = range(2)
+
+
+@triton.jit
+def _terms(LOSS: tl.constexpr, OPT: tl.constexpr, x, y, z, q, p0, p1, p2, p3):
+    """(loss, d/dx, d/dy, d/dz), torch's formulas; p0 = margin."""
+    zero = tl.zeros_like(x)
+    if LOSS == 0:  # MARGIN_RANKING: clamp_min(-z (x - y) + margin, 0), z = target
+        u = -z * (x - y) + p0
+        loss = tl.where(u < 0, 0.0, u)
+        h = tl.where(u >= 0, 1.0, 0.0)  # clamp_min passes the gradient at the bound
+        return loss, -h * z, h * z, -h * (x - y)
+    else:  # HINGE_EMBEDDING: where(y != 1, clamp_min(margin - x, 0), 0) + where(y != -1, x, 0)
+        u = p0 - x
+        neg = y != 1.0
+        loss = tl.where(neg, tl.where(u < 0, 0.0, u), 0.0) + tl.where(y != -1.0, x, 0.0)
+        dx = tl.where(neg & (u >= 0), -1.0, 0.0) + tl.where(y != -1.0, 1.0, 0.0)
+        return loss, dx, zero, zero
+
+
+@triton.jit
+def _forward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, out_ptr, part_ptr, n, nq, q_div,
+                    p0, p1, p2, p3,
+                    LOSS: tl.constexpr, OPT: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_W: tl.constexpr, HAS_Q: tl.constexpr, REDUCE: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    pid, offs, mask, x, y, z, w, q = E.load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, q_div, p0,
+                                                  HAS_Z, HAS_W, HAS_Q, BLOCK)
+    loss, _, _, _ = _terms(LOSS, OPT, x, y, z, q, p0, p1, p2, p3)
+    E.store_loss(loss, w, pid, offs, mask, out_ptr, part_ptr, HAS_W, REDUCE)
+
+
+@triton.jit
+def _backward_kernel(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, g_ptr, stat_ptr,
+                     dx_ptr, dy_ptr, dz_ptr, n, nq, q_div, p0, p1, p2, p3,
+                     LOSS: tl.constexpr, OPT: tl.constexpr, HAS_Z: tl.constexpr,
+                     HAS_W: tl.constexpr, HAS_Q: tl.constexpr, REDUCE: tl.constexpr,
+                     NEED_X: tl.constexpr, NEED_Y: tl.constexpr, NEED_Z: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    pid, offs, mask, x, y, z, w, q = E.load_block(x_ptr, y_ptr, z_ptr, w_ptr, q_ptr, n, nq, q_div, p0,
+                                                  HAS_Z, HAS_W, HAS_Q, BLOCK)
+    g = E.grad_scale(g_ptr, stat_ptr, offs, mask, REDUCE)
+    _, dx, dy, dz = _terms(LOSS, OPT, x, y, z, q, p0, p1, p2, p3)
+    E.store_grad(dx_ptr, offs, mask, g, w, dx, NEED_X)
+    E.store_grad(dy_ptr, offs, mask, g, w, dy, NEED_Y)
+    E.store_grad(dz_ptr, offs, mask, g, w, dz, NEED_Z)
+
+
+FORWARD_SPACE = _tuning.Space("metric.forward", _forward_kernel, E.SPACE, E.DEFAULT)
+BACKWARD_SPACE = _tuning.Space("metric.backward", _backward_kernel, E.SPACE, E.DEFAULT)
+forward = functools.partial(E.forward, FORWARD_SPACE)
+backward = functools.partial(E.backward, BACKWARD_SPACE)

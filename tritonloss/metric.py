@@ -8,8 +8,9 @@ without Triton's interpreter, take the eager reference (tritonloss/reference/met
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from . import _runtime, _validate
+from . import _elementwise, _runtime, _validate
 from .kernels import metric as K
 from .reference import metric as ref
 
@@ -112,3 +113,221 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, *, margin: floa
     with _runtime.on_device(x):
         return _TripletMined.apply(x, labels.to(torch.int64).contiguous(), margin, mining, metric,
                                    normalize or metric == K.COSINE, soft_margin, _REDUCE[reduction])
+
+
+# --- row losses ------------------------------------------------------------------------------
+
+class _Rows(torch.autograd.Function):
+    """Row losses over [N, D] operands a, b, c (b: centers gathered by labels for CENTER)."""
+
+    @staticmethod
+    def forward(ctx, loss, opt, params, reduce, a, b, c, labels, target, radius):
+        out, stats = K.row_forward(loss, opt, params, a, b, c, labels, target, radius, reduce)
+        ctx.args = (loss, opt, params, reduce)
+        ctx.save_for_backward(a, b, c, labels, target, radius, stats)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, b, c, labels, target, radius, stats = ctx.saved_tensors
+        loss, opt, params, reduce = ctx.args
+        grad = grad.contiguous()
+        need = list(ctx.needs_input_grad[4:7])
+        center_b = loss == K.CENTER and need[1]
+        if loss == K.CENTER:
+            need[1] = False
+        da, db, dc, dr = K.row_backward(loss, opt, params, a, b, c, labels, target, radius, reduce, grad, stats,
+                                        need)
+        if center_b:
+            db = K.center_grad(a, b, labels, grad, stats, reduce)
+        if dr is not None and ctx.needs_input_grad[9]:
+            dr = dr.sum().to(radius.dtype).reshape(radius.shape)
+        else:
+            dr = None
+        return None, None, None, None, da, db, dc, None, None, dr
+
+
+def _rows(loss, reduction, a, b=None, c=None, labels=None, target=None, radius=None, params=(0.0, 0.0, 0.0),
+          opt=0):
+    """Run the row kernels on contiguous 2-D operands; returns the loss."""
+    with _runtime.on_device(a):
+        return _Rows.apply(loss, opt, tuple(params), _REDUCE[reduction], a, b, c, labels, target, radius)
+
+
+def _as_rows(name: str, t) -> tuple[torch.Tensor, bool]:
+    """A [N, D] or unbatched [D] tensor as 2-D, and whether it was unbatched."""
+    _validate.floating(name, t)
+    if t.dim() not in (1, 2):
+        raise ValueError(f"{name}: expected a 1-D [D] or 2-D [N, D] tensor, got shape {tuple(t.shape)}")
+    return (t.unsqueeze(0) if t.dim() == 1 else t), t.dim() == 1
+
+
+def _unbatch(out: torch.Tensor, unbatched: bool, reduction: str) -> torch.Tensor:
+    return out[0] if unbatched and reduction == "none" else out
+
+
+def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
+                reduction: str = "mean") -> torch.Tensor:
+    """Center loss (Wen et al. 2016): 1/2 norm(x_i - c_{y_i})^2 per sample.
+
+    Gradients reach `features` and, when it requires grad, `centers` (d/dc_j = -sum over
+    the samples of class j of g_i (x_i - c_j), a deterministic segmented sum over the
+    samples sorted by label: no B x C matrix). A label outside [0, C) gives NaN for its row
+    and its features' gradient, and adds nothing to the centers' (with checks on it raises). `CenterLoss` keeps the centers as a buffer
+    updated by its `update_centers` rule instead of by gradients.
+    """
+    _validate.reduction(reduction)
+    _embeddings("features", features)
+    _embeddings("centers", centers)
+    _labels("labels", labels, features.shape[0], features)
+    _validate.same_device(features=features, centers=centers)
+    if centers.shape[1] != features.shape[1]:
+        raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
+    _check_label_range(labels, centers.shape[0])
+    if not _runtime.use_kernels(features, centers):
+        return ref.center_loss(features, labels, centers, reduction)
+    return _rows(K.CENTER, reduction, features.contiguous(), centers.contiguous(),
+                 labels=labels.to(torch.int64).contiguous())
+
+
+def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:
+    """With checks on (a device sync on CUDA): every label in [0, num_classes)."""
+    if labels.numel() == 0 or not _runtime.checks_enabled():
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"labels: expected class indices in [0, {num_classes}), got {int(labels[i])} at position {i}")
+
+
+def _pair_rows(names, tensors):
+    """Operands of a row loss as 2-D tensors of one broadcast shape, and whether unbatched."""
+    rows = [_as_rows(n, t) for n, t in zip(names, tensors)]
+    dims = {t.dim() for t in tensors}
+    if len(dims) != 1:
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(names, tensors))
+        raise ValueError(f"expected {', '.join(names)} with the same number of dimensions, got {shapes}")
+    _validate.same_device(**dict(zip(names, tensors)))
+    shape = _validate.broadcast(**{n: r for n, (r, _) in zip(names, rows)})
+    return [r.expand(shape).contiguous() for r, _ in rows], rows[0][1]
+
+
+def _row_target(name: str, t, n: int, unbatched: bool, like: torch.Tensor) -> torch.Tensor:
+    """A per-row target: [N] ([] unbatched) of any real dtype, as contiguous fp32."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{name}: expected a real tensor, got dtype {t.dtype}")
+    want = () if unbatched else (n,)
+    if tuple(t.shape) != want:
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
+    _validate.same_device(input=like, **{name: t})
+    return t.detach().reshape(-1).to(torch.float32).contiguous()
+
+
+def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                        margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
+                        reduction: str = "mean") -> torch.Tensor:
+    """torch `F.triplet_margin_loss`: clamp_min(margin + d(a, p) - d(a, n), 0) with
+    d(x, y) = norm_p(x - y + eps), and with `swap` d(a, n) replaced by min(d(a, n), d(p, n)).
+    Inputs [N, D] or [D], broadcasting as torch; gradients as torch's (the clamp passes the
+    gradient at 0, a tie of the swap splits it in half, the norm's gradient is 0 at 0)."""
+    _validate.reduction(reduction)
+    margin = _validate.number("margin", margin)
+    p = _validate.number("p", p, low=0.0, low_open=True)
+    eps = _validate.number("eps", eps)
+    _validate.flag("swap", swap)
+    (a, pp, n), unbatched = _pair_rows(("anchor", "positive", "negative"), (anchor, positive, negative))
+    if not _runtime.use_kernels(anchor, positive, negative):
+        return F.triplet_margin_loss(anchor, positive, negative, margin=margin, p=p, eps=eps, swap=swap,
+                                     reduction=reduction)
+    opt = (K.SWAP if swap else 0) | (K.P2 if p == 2 else K.P1 if p == 1 else 0)
+    out = _rows(K.TRIPLET_MARGIN, reduction, a, pp, n, params=(p, margin, eps), opt=opt)
+    return _unbatch(out, unbatched, reduction)
+
+
+def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
+                          margin: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """torch `F.cosine_embedding_loss`: with cos = x1.x2 / sqrt((norm(x1)^2 + 1e-12)(norm(x2)^2 + 1e-12)),
+    1 - cos where target == 1, clamp_min(cos - margin, 0) where target == -1, and 0 for
+    any other target value. Inputs [N, D] with target [N], or [D] with a 0-dim target."""
+    _validate.reduction(reduction)
+    margin = _validate.number("margin", margin)
+    (x1, x2), unbatched = _pair_rows(("input1", "input2"), (input1, input2))
+    t = _row_target("target", target, x1.shape[0], unbatched, x1)
+    if not _runtime.use_kernels(input1, input2):
+        return F.cosine_embedding_loss(input1, input2, target, margin=margin, reduction=reduction)
+    out = _rows(K.COSINE_EMBEDDING, reduction, x1, x2, target=t, params=(margin, 0.0, 0.0))
+    return _unbatch(out, unbatched, reduction)
+
+
+def contrastive_loss(x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, margin: float = 1.0,
+                     reduction: str = "mean") -> torch.Tensor:
+    """Contrastive loss (Hadsell et al. 2006, DeepID2): with d = norm(x1 - x2),
+    t/2 d^2 + (1 - t)/2 max(0, margin - d)^2 per row, t = target (1 similar, 0 dissimilar;
+    values between weigh the two terms linearly). eps policy at d = 0: no eps is added to d
+    (the value is exact) and the dissimilar term's gradient direction (x1 - x2)/d is taken as
+    0 there, so the gradient is finite (0). The target is not differentiated."""
+    _validate.reduction(reduction)
+    margin = _validate.number("margin", margin, low=0.0)
+    (a, b), unbatched = _pair_rows(("x1", "x2"), (x1, x2))
+    t = _row_target("target", target, a.shape[0], unbatched, a)
+    if not _runtime.use_kernels(x1, x2):
+        return ref.contrastive_loss(x1, x2, target, margin, reduction)
+    out = _rows(K.CONTRASTIVE, reduction, a, b, target=t, params=(margin, 0.0, 0.0))
+    return _unbatch(out, unbatched, reduction)
+
+
+def ring_loss(features: torch.Tensor, radius: torch.Tensor | float, reduction: str = "mean") -> torch.Tensor:
+    """Ring loss (Zheng et al. 2018): 1/2 (norm(x_i) - R)^2 per row; `radius` is a float or a
+    one-element tensor, differentiated when it requires grad. The gradient for x is 0 at
+    norm 0. `RingLoss` scales by its `weight` and learns R."""
+    _validate.reduction(reduction)
+    _embeddings("features", features)
+    if isinstance(radius, torch.Tensor):
+        _validate.floating("radius", radius)
+        if radius.numel() != 1:
+            raise ValueError(f"radius: expected a one-element tensor, got shape {tuple(radius.shape)}")
+        _validate.same_device(features=features, radius=radius)
+    else:
+        radius = torch.tensor(_validate.number("radius", radius), dtype=torch.float32, device=features.device)
+    if not _runtime.use_kernels(features, radius):
+        return ref.ring_loss(features, radius, reduction)
+    return _rows(K.RING, reduction, features.contiguous(), radius=radius)
+
+
+def margin_ranking_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
+                        margin: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """torch `F.margin_ranking_loss`: clamp_min(-target (input1 - input2) + margin, 0),
+    broadcasting; all three tensors are differentiated, as in torch."""
+    _validate.reduction(reduction)
+    margin = _validate.number("margin", margin)
+    for name, t in (("input1", input1), ("input2", input2), ("target", target)):
+        _validate.floating(name, t)
+    if not (input1.dim() == input2.dim() == target.dim()):
+        raise ValueError(f"expected input1, input2, target with the same number of dimensions, got "
+                         f"{tuple(input1.shape)}, {tuple(input2.shape)}, {tuple(target.shape)}")
+    _validate.same_device(input1=input1, input2=input2, target=target)
+    shape = _validate.broadcast(input1=input1, input2=input2, target=target)
+    if not _runtime.use_kernels(input1, input2, target):
+        return F.margin_ranking_loss(input1, input2, target, margin=margin, reduction=reduction)
+    return _elementwise.apply(K, K.MARGIN_RANKING, reduction, shape, input1, input2, target, params=(margin,))
+
+
+def hinge_embedding_loss(input: torch.Tensor, target: torch.Tensor, margin: float = 1.0,
+                         reduction: str = "mean") -> torch.Tensor:
+    """torch `F.hinge_embedding_loss`: where(target != 1, clamp_min(margin - x, 0), 0) +
+    where(target != -1, x, 0); so a target such as 0 takes both terms. The target is not
+    differentiated."""
+    _validate.reduction(reduction)
+    margin = _validate.number("margin", margin)
+    _validate.floating("input", input)
+    if not isinstance(target, torch.Tensor) or target.is_complex():
+        raise TypeError(f"target: expected a real torch.Tensor, got {getattr(target, 'dtype', type(target).__name__)}")
+    _validate.same_device(input=input, target=target)
+    shape = _validate.broadcast(input=input, target=target)
+    if not _runtime.use_kernels(input):
+        return F.hinge_embedding_loss(input, target, margin=margin, reduction=reduction)
+    y = target.detach().to(torch.float32)
+    return _elementwise.apply(K, K.HINGE_EMBEDDING, reduction, shape, input, y, params=(margin,))

@@ -73,3 +73,28 @@ def triplet_loss(embeddings, labels, *, margin=0.3, mining="batch_hard", distanc
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / count.clamp(min=1)
+
+
+def center_loss(features, labels, centers, reduction="mean"):
+    diff = features - centers[labels]
+    return _reduce(0.5 * (diff * diff).sum(1), reduction)
+
+
+def update_centers(centers, features, labels, alpha):
+    """c_j - alpha sum_{y_i = j} (c_j - x_i) / (1 + n_j), as a new tensor."""
+    C = centers.shape[0]
+    counts = torch.zeros(C, dtype=centers.dtype, device=centers.device).index_add_(
+        0, labels, torch.ones(len(labels), dtype=centers.dtype, device=centers.device))
+    sums = torch.zeros_like(centers).index_add_(0, labels, centers[labels] - features.to(centers.dtype))
+    return centers - alpha * sums / (1 + counts)[:, None]
+
+
+def contrastive_loss(x1, x2, target, margin=1.0, reduction="mean"):
+    d = _safe_sqrt(((x1 - x2) ** 2).sum(-1))
+    t = target.to(d.dtype)
+    return _reduce(0.5 * t * d**2 + 0.5 * (1 - t) * F.relu(margin - d) ** 2, reduction)
+
+
+def ring_loss(features, radius, reduction="mean"):
+    norm = _safe_sqrt((features * features).sum(1))
+    return _reduce(0.5 * (norm - radius.to(norm.dtype).reshape(())) ** 2, reduction)
