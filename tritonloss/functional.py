@@ -1,5 +1,15 @@
 """The public functions of tritonloss: one list, imported from the family modules."""
 
+from .metric import (
+    center_loss,
+    contrastive_loss,
+    cosine_embedding_loss,
+    hinge_embedding_loss,
+    margin_ranking_loss,
+    ring_loss,
+    triplet_loss,
+    triplet_margin_loss,
+)
 from .regression import (
     adaptive_wing_loss,
     balanced_l1_loss,
@@ -30,4 +40,12 @@ __all__ = [
     "rmse_loss",
     "smooth_l1_loss",
     "wing_loss",
+    "center_loss",
+    "contrastive_loss",
+    "cosine_embedding_loss",
+    "hinge_embedding_loss",
+    "margin_ranking_loss",
+    "ring_loss",
+    "triplet_loss",
+    "triplet_margin_loss",
 ]

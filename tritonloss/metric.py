@@ -174,8 +174,9 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
     Gradients reach `features` and, when it requires grad, `centers` (d/dc_j = -sum over
     the samples of class j of g_i (x_i - c_j), a deterministic segmented sum over the
     samples sorted by label: no B x C matrix). A label outside [0, C) gives NaN for its row
-    and its features' gradient, and adds nothing to the centers' (with checks on it raises). `CenterLoss` keeps the centers as a buffer
-    updated by its `update_centers` rule instead of by gradients.
+    and its features' gradient, and adds nothing to the centers' (with checks on it
+    raises). `CenterLoss` keeps the centers as a buffer updated by its `update_centers`
+    rule instead of by gradients.
     """
     _validate.reduction(reduction)
     _embeddings("features", features)
@@ -331,3 +332,24 @@ def hinge_embedding_loss(input: torch.Tensor, target: torch.Tensor, margin: floa
         return F.hinge_embedding_loss(input, target, margin=margin, reduction=reduction)
     y = target.detach().to(torch.float32)
     return _elementwise.apply(K, K.HINGE_EMBEDDING, reduction, shape, input, y, params=(margin,))
+
+
+@torch.no_grad()
+def update_centers(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, alpha: float) -> None:
+    """In place, the center update of Wen et al. 2016 (`CenterLoss.update_centers`):
+    c_j -= alpha * sum_{y_i = j} (c_j - x_i) / (1 + n_j). One fused kernel over the samples
+    sorted by label: deterministic, no atomics; classes without samples are not written,
+    and labels outside [0, C) are skipped (with checks on they raise)."""
+    _embeddings("centers", centers)
+    _embeddings("features", features)
+    _labels("labels", labels, features.shape[0], features)
+    _validate.same_device(features=features, centers=centers)
+    if centers.shape[1] != features.shape[1]:
+        raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
+    alpha = _validate.number("alpha", alpha, low=0.0)
+    _check_label_range(labels, centers.shape[0])
+    if not _runtime.use_kernels(features, centers) or not centers.is_contiguous():
+        centers.copy_(ref.update_centers(centers, features, labels, alpha))
+        return
+    with _runtime.on_device(centers):
+        K.update_centers(centers, features.detach().contiguous(), labels.to(torch.int64).contiguous(), alpha)

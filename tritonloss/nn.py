@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import functional as F
+from .metric import update_centers
 
 
 class L1Loss(torch.nn.L1Loss):
@@ -127,3 +128,97 @@ class GaussianNLLLoss(torch.nn.GaussianNLLLoss):
 
     def forward(self, input, target, var, weight=None):
         return F.gaussian_nll_loss(input, target, var, self.full, self.eps, self.reduction, weight)
+
+
+class TripletMarginLoss(torch.nn.TripletMarginLoss):
+    def __init__(self, margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
+                 reduction: str = "mean"):
+        super().__init__(margin=margin, p=p, eps=eps, swap=swap, reduction=reduction)
+
+    def forward(self, anchor, positive, negative):
+        return F.triplet_margin_loss(anchor, positive, negative, self.margin, self.p, self.eps, self.swap,
+                                     self.reduction)
+
+
+class TripletLoss(torch.nn.Module):
+    def __init__(self, margin: float = 0.3, mining: str = "batch_hard", distance: str = "euclidean",
+                 normalize: bool = False, soft_margin: bool = False, reduction: str = "mean"):
+        super().__init__()
+        self.margin, self.mining, self.distance = margin, mining, distance
+        self.normalize, self.soft_margin, self.reduction = normalize, soft_margin, reduction
+
+    def forward(self, embeddings, labels):
+        return F.triplet_loss(embeddings, labels, margin=self.margin, mining=self.mining, distance=self.distance,
+                              normalize=self.normalize, soft_margin=self.soft_margin, reduction=self.reduction)
+
+
+class ContrastiveLoss(torch.nn.Module):
+    def __init__(self, margin: float = 1.0, reduction: str = "mean"):
+        super().__init__()
+        self.margin, self.reduction = margin, reduction
+
+    def forward(self, x1, x2, target):
+        return F.contrastive_loss(x1, x2, target, self.margin, self.reduction)
+
+
+class CenterLoss(torch.nn.Module):
+    """Center loss with the centers as a buffer [num_classes, feat_dim] (standard normal at
+    construction), moved by `update_centers` (Wen et al.'s rule), not by the optimiser."""
+
+    def __init__(self, num_classes: int, feat_dim: int, alpha: float = 0.5, reduction: str = "mean"):
+        super().__init__()
+        self.alpha, self.reduction = alpha, reduction
+        self.register_buffer("centers", torch.randn(num_classes, feat_dim))
+
+    def forward(self, features, labels):
+        return F.center_loss(features, labels, self.centers, self.reduction)
+
+    @torch.no_grad()
+    def update_centers(self, features, labels):
+        """c_j -= alpha sum_{y_i = j} (c_j - x_i) / (1 + n_j), in place, deterministic."""
+        update_centers(self.centers, features, labels, self.alpha)
+
+
+class RingLoss(torch.nn.Module):
+    """weight * ring_loss(features, R) with R a learned Parameter, set to the first batch's
+    mean feature norm on the first call."""
+
+    def __init__(self, weight: float = 0.01, reduction: str = "mean"):
+        super().__init__()
+        self.weight, self.reduction = weight, reduction
+        self.radius = torch.nn.Parameter(torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._checked = False  # this process has passed the first training call (no device sync)
+
+    def forward(self, features):
+        if self.training and not self._checked:
+            with torch.no_grad():  # on the device: keep a loaded radius, else the batch's mean norm
+                mean_norm = features.detach().float().norm(dim=1).mean().to(self.radius.dtype)
+                self.radius.copy_(torch.where(self.initialized, self.radius, mean_norm))
+                self.initialized.fill_(True)
+            self._checked = True
+        return self.weight * F.ring_loss(features, self.radius, self.reduction)
+
+
+class CosineEmbeddingLoss(torch.nn.CosineEmbeddingLoss):
+    def __init__(self, margin: float = 0.0, reduction: str = "mean"):
+        super().__init__(margin=margin, reduction=reduction)
+
+    def forward(self, input1, input2, target):
+        return F.cosine_embedding_loss(input1, input2, target, self.margin, self.reduction)
+
+
+class MarginRankingLoss(torch.nn.MarginRankingLoss):
+    def __init__(self, margin: float = 0.0, reduction: str = "mean"):
+        super().__init__(margin=margin, reduction=reduction)
+
+    def forward(self, input1, input2, target):
+        return F.margin_ranking_loss(input1, input2, target, self.margin, self.reduction)
+
+
+class HingeEmbeddingLoss(torch.nn.HingeEmbeddingLoss):
+    def __init__(self, margin: float = 1.0, reduction: str = "mean"):
+        super().__init__(margin=margin, reduction=reduction)
+
+    def forward(self, input, target):
+        return F.hinge_embedding_loss(input, target, self.margin, self.reduction)

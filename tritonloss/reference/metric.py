@@ -81,12 +81,15 @@ def center_loss(features, labels, centers, reduction="mean"):
 
 
 def update_centers(centers, features, labels, alpha):
-    """c_j - alpha sum_{y_i = j} (c_j - x_i) / (1 + n_j), as a new tensor."""
+    """c_j - alpha sum_{y_i = j} (c_j - x_i) / (1 + n_j), as a new tensor; labels outside
+    [0, C) are skipped (sent to a spare row)."""
     C = centers.shape[0]
-    counts = torch.zeros(C, dtype=centers.dtype, device=centers.device).index_add_(
-        0, labels, torch.ones(len(labels), dtype=centers.dtype, device=centers.device))
-    sums = torch.zeros_like(centers).index_add_(0, labels, centers[labels] - features.to(centers.dtype))
-    return centers - alpha * sums / (1 + counts)[:, None]
+    lab = torch.where((labels >= 0) & (labels < C), labels, C)
+    spare = torch.cat([centers, centers.new_zeros(1, centers.shape[1])])
+    counts = torch.zeros(C + 1, dtype=centers.dtype, device=centers.device).index_add_(
+        0, lab, torch.ones(len(lab), dtype=centers.dtype, device=centers.device))
+    sums = torch.zeros_like(spare).index_add_(0, lab, spare[lab] - features.to(centers.dtype))
+    return centers - alpha * sums[:C] / (1 + counts[:C])[:, None]
 
 
 def contrastive_loss(x1, x2, target, margin=1.0, reduction="mean"):
