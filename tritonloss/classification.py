@@ -57,16 +57,20 @@ class _Rows(torch.autograd.Function):
         return None, dx, dt, None
 
 
-def _layout(input: torch.Tensor) -> tuple[int, int, int]:
-    """(N, C, S) of input [C], [N, C] or [N, C, d1, ...]; S = d1 * ... (1 without)."""
+def _layout(input: torch.Tensor, target) -> tuple[int, int, int]:
+    """(N, C, S) of input [C], [N, C] or [N, C, d1, ...]; S = d1 * ... (1 without).
+    Also checks that target is a tensor on input's device."""
     _validate.floating("input", input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
+    _validate.same_device(input=input, target=target)
     if input.dim() == 0:
         raise ValueError("input: expected shape [C], [N, C] or [N, C, d1, ...], got a 0-dim tensor")
     if input.dim() == 1:
         n, c, s = 1, input.shape[0], 1
     else:
         n, c = input.shape[:2]
-        s = input[0, 0].numel()
+        s = input.shape[2:].numel()
     if c == 0:
         raise ValueError(f"input: expected at least one class, got shape {tuple(input.shape)}")
     return n, c, s
@@ -105,7 +109,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     number of rows, and the target is differentiated as in torch. Any C: rows longer than
     one block run an online max / sum over the classes."""
     _validate.reduction(reduction)
-    N, C, S = _layout(input)
+    N, C, S = _layout(input, target)
     ignore_index = _validate.integer("ignore_index", ignore_index)
     eps = _validate.number("label_smoothing", label_smoothing, low=0.0, high=1.0)
     w = _validate.class_weight("weight", weight, C, input)
@@ -131,7 +135,7 @@ def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     """-w_t input_t per row (input holds log-probabilities); anchor torch `F.nll_loss`:
     "mean" divides by the summed w_t of non-ignored rows."""
     _validate.reduction(reduction)
-    N, C, S = _layout(input)
+    N, C, S = _layout(input, target)
     ignore_index = _validate.integer("ignore_index", ignore_index)
     w = _validate.class_weight("weight", weight, C, input)
     if not _runtime.use_kernels(input, w):
@@ -147,7 +151,7 @@ def softmax_focal_loss(input: torch.Tensor, target: torch.Tensor, alpha: float |
     every class or a [C] tensor; "mean" over non-ignored positions. Input layout as
     `cross_entropy`. The gradient is finite at p_t = 1 for every gamma >= 0."""
     _validate.reduction(reduction)
-    N, C, S = _layout(input)
+    N, C, S = _layout(input, target)
     ignore_index = _validate.integer("ignore_index", ignore_index)
     gamma = _validate.number("gamma", gamma, low=0.0)
     if isinstance(alpha, torch.Tensor):
@@ -171,7 +175,7 @@ def mean_variance_loss(input: torch.Tensor, target: torch.Tensor, lambda_mean: f
     _validate.reduction(reduction)
     if not isinstance(input, torch.Tensor) or input.dim() != 2:
         raise ValueError(f"input: expected shape [N, C], got {getattr(input, 'shape', type(input).__name__)}")
-    N, C, S = _layout(input)
+    N, C, S = _layout(input, target)
     lambda_mean = _validate.number("lambda_mean", lambda_mean, low=0.0)
     lambda_var = _validate.number("lambda_var", lambda_var, low=0.0)
     start_age = _validate.integer("start_age", start_age)
@@ -192,7 +196,7 @@ def multi_margin_loss(input: torch.Tensor, target: torch.Tensor, p: int = 1, mar
     _validate.reduction(reduction)
     if isinstance(input, torch.Tensor) and input.dim() > 2:
         raise ValueError(f"input: expected shape [C] or [N, C], got {tuple(input.shape)}")
-    N, C, S = _layout(input)
+    N, C, S = _layout(input, target)
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"p: expected 1 or 2, got {p!r}")
     margin = _validate.number("margin", margin)
@@ -211,7 +215,7 @@ def multilabel_soft_margin_loss(input: torch.Tensor, target: torch.Tensor, weigh
     _validate.reduction(reduction)
     if isinstance(input, torch.Tensor) and input.dim() > 2:
         raise ValueError(f"input: expected shape [C] or [N, C], got {tuple(input.shape)}")
-    N, C, S = _layout(input)
+    N, C, S = _layout(input, target)
     _validate.floating("target", target)
     _validate.same_device(input=input, target=target)
     if target.shape != input.shape:
@@ -293,7 +297,7 @@ def balanced_binary_cross_entropy_with_logits(input: torch.Tensor, target: torch
         raise ValueError("input: expected a batch dimension (dim 0), got a 0-dim tensor")
     if not _runtime.use_kernels(input, target):
         return ref.balanced_binary_cross_entropy_with_logits(input, target, reduction)
-    per = input[0].numel()
+    per = input.shape[1:].numel()
     beta = (1.0 - target.detach().float()).reshape(input.shape[0], -1).sum(1) / max(per, 1)
     return _elementwise.apply(K, K.BALANCED_BCE, reduction, shape, input, target, q=beta, q_div=max(per, 1))
 

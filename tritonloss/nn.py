@@ -222,3 +222,220 @@ class HingeEmbeddingLoss(torch.nn.HingeEmbeddingLoss):
 
     def forward(self, input, target):
         return F.hinge_embedding_loss(input, target, self.margin, self.reduction)
+
+
+class _OverlapLoss(torch.nn.Module):
+    """Base of the overlap modules: the options, and a tensor `weight` kept as a buffer."""
+
+    def __init__(self, weight, **options):
+        super().__init__()
+        if isinstance(weight, torch.Tensor):
+            self.register_buffer("weight", weight)
+        else:
+            self.weight = weight
+        self.options = options
+
+    def forward(self, input, target):
+        return self._loss(input, target, weight=self.weight, **self.options)
+
+
+class DiceLoss(_OverlapLoss):
+    _loss = staticmethod(F.dice_loss)
+
+    def __init__(self, *, activation: str = "softmax", include_background: bool = True,
+                 squared: bool = False, jaccard: bool = False, smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, batch: bool = False, weight=None, ignore_index=None,
+                 reduction: str = "mean"):
+        super().__init__(weight, activation=activation, include_background=include_background,
+                         squared=squared, jaccard=jaccard, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                         batch=batch, ignore_index=ignore_index, reduction=reduction)
+
+
+class TverskyLoss(_OverlapLoss):
+    _loss = staticmethod(F.tversky_loss)
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, *, activation: str = "softmax",
+                 include_background: bool = True, squared: bool = False, smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, batch: bool = False, weight=None, ignore_index=None,
+                 reduction: str = "mean"):
+        super().__init__(weight, alpha=alpha, beta=beta, activation=activation,
+                         include_background=include_background, squared=squared, smooth_nr=smooth_nr,
+                         smooth_dr=smooth_dr, batch=batch, ignore_index=ignore_index, reduction=reduction)
+
+
+class FocalTverskyLoss(_OverlapLoss):
+    _loss = staticmethod(F.focal_tversky_loss)
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, gamma: float = 4 / 3, *,
+                 activation: str = "softmax", include_background: bool = True, squared: bool = False,
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False, weight=None,
+                 ignore_index=None, reduction: str = "mean"):
+        super().__init__(weight, alpha=alpha, beta=beta, gamma=gamma, activation=activation,
+                         include_background=include_background, squared=squared, smooth_nr=smooth_nr,
+                         smooth_dr=smooth_dr, batch=batch, ignore_index=ignore_index, reduction=reduction)
+
+
+# classification
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    def forward(self, input, target):
+        return F.cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing)
+
+
+class NLLLoss(torch.nn.NLLLoss):
+    def forward(self, input, target):
+        return F.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
+
+
+class BCELoss(torch.nn.BCELoss):
+    def forward(self, input, target):
+        return F.binary_cross_entropy(input, target, self.weight, self.reduction)
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    def forward(self, input, target):
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, self.reduction, self.pos_weight)
+
+
+class KLDivLoss(torch.nn.KLDivLoss):
+    def forward(self, input, target):
+        return F.kl_div(input, target, self.reduction, self.log_target)
+
+
+class SoftMarginLoss(torch.nn.SoftMarginLoss):
+    def forward(self, input, target):
+        return F.soft_margin_loss(input, target, self.reduction)
+
+
+class MultiLabelSoftMarginLoss(torch.nn.MultiLabelSoftMarginLoss):
+    def forward(self, input, target):
+        return F.multilabel_soft_margin_loss(input, target, self.weight, self.reduction)
+
+
+class MultiMarginLoss(torch.nn.MultiMarginLoss):
+    def forward(self, input, target):
+        return F.multi_margin_loss(input, target, self.p, self.margin, self.weight, self.reduction)
+
+
+class _Reduction(torch.nn.Module):
+    """A loss module whose only option is `reduction`, plus the keywords given."""
+
+    def __init__(self, reduction: str = "mean", **options):
+        super().__init__()
+        self.reduction = reduction
+        self.options = options
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in {"reduction": self.reduction, **self.options}.items())
+
+
+class BalancedBCEWithLogitsLoss(_Reduction):
+    def forward(self, input, target):
+        return F.balanced_binary_cross_entropy_with_logits(input, target, self.reduction)
+
+
+class SigmoidFocalLoss(_Reduction):
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none"):
+        super().__init__(reduction, alpha=alpha, gamma=gamma)
+
+    def forward(self, inputs, targets):
+        return F.sigmoid_focal_loss(inputs, targets, reduction=self.reduction, **self.options)
+
+
+class SoftmaxFocalLoss(_Reduction):
+    """`alpha` as None, a float, or a [C] tensor kept as a buffer (moves with the module)."""
+
+    def __init__(self, alpha=None, gamma: float = 2.0, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__(reduction, gamma=gamma, ignore_index=ignore_index)
+        if isinstance(alpha, torch.Tensor):
+            self.register_buffer("alpha", alpha)
+        else:
+            self.alpha = alpha
+
+    def forward(self, input, target):
+        return F.softmax_focal_loss(input, target, self.alpha, reduction=self.reduction, **self.options)
+
+
+class HingeLoss(_Reduction):
+    def __init__(self, margin: float = 1.0, reduction: str = "mean"):
+        super().__init__(reduction, margin=margin)
+
+    def forward(self, input, target):
+        return F.hinge_loss(input, target, reduction=self.reduction, **self.options)
+
+
+class PerceptronLoss(_Reduction):
+    def forward(self, input, target):
+        return F.perceptron_loss(input, target, self.reduction)
+
+
+class ExponentialLoss(_Reduction):
+    def forward(self, input, target):
+        return F.exponential_loss(input, target, self.reduction)
+
+
+class MeanVarianceLoss(_Reduction):
+    def __init__(self, lambda_mean: float = 0.2, lambda_var: float = 0.05, start_age: int = 0,
+                 include_cross_entropy: bool = True, reduction: str = "mean"):
+        super().__init__(reduction, lambda_mean=lambda_mean, lambda_var=lambda_var, start_age=start_age,
+                         include_cross_entropy=include_cross_entropy)
+
+    def forward(self, input, target):
+        return F.mean_variance_loss(input, target, reduction=self.reduction, **self.options)
+
+
+class _BoxLoss(torch.nn.Module):
+    """Base of the box modules: `forward(boxes1, boxes2)` calls `fn` with the options."""
+
+    fn = None
+
+    def __init__(self, box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none", **options):
+        super().__init__()
+        self.box_format, self.eps, self.reduction = box_format, eps, reduction
+        self._options = tuple(options)
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    def forward(self, boxes1, boxes2):
+        options = {name: getattr(self, name) for name in self._options}
+        return type(self).fn(boxes1, boxes2, box_format=self.box_format, eps=self.eps,
+                             reduction=self.reduction, **options)
+
+
+class IoULoss(_BoxLoss):
+    fn = staticmethod(F.iou_loss)
+
+    def __init__(self, mode: str = "linear", box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none"):
+        super().__init__(box_format, eps, reduction, mode=mode)
+
+
+class GIoULoss(_BoxLoss):
+    fn = staticmethod(F.giou_loss)
+
+
+class DIoULoss(_BoxLoss):
+    fn = staticmethod(F.diou_loss)
+
+
+class CIoULoss(_BoxLoss):
+    fn = staticmethod(F.ciou_loss)
+
+
+class EIoULoss(_BoxLoss):
+    fn = staticmethod(F.eiou_loss)
+
+
+class FocalEIoULoss(_BoxLoss):
+    fn = staticmethod(F.focal_eiou_loss)
+
+    def __init__(self, box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none", gamma: float = 0.5):
+        super().__init__(box_format, eps, reduction, gamma=gamma)
+
+
+class CDIoULoss(_BoxLoss):
+    fn = staticmethod(F.cdiou_loss)
+
+    def __init__(self, box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none", base: str = "giou",
+                 lam: float = 0.001):
+        super().__init__(box_format, eps, reduction, base=base, lam=lam)

@@ -14,7 +14,7 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def balanced_binary_cross_entropy_with_logits(input, target, reduction="mean"):
-    per = max(input[0].numel(), 1)
+    per = max(input.shape[1:].numel(), 1)
     beta = (1 - target.detach()).reshape(input.shape[0], -1).sum(1) / per
     beta = beta.reshape(-1, *([1] * (input.dim() - 1)))
     loss = -(beta * target * TF.logsigmoid(input) + (1 - beta) * (1 - target) * TF.logsigmoid(-input))
