@@ -432,6 +432,136 @@ def _margin_backward_kernel(x_ptr, t_ptr, w_ptr, g_ptr, red_ptr, stat_ptr, dx_pt
         tl.store(dx_ptr + offs, d.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _multilabel_margin_forward_kernel(x_ptr, t_ptr, is_t_ptr, cnt_ptr, out_ptr, part_ptr, C,
+                                      REDUCE: tl.constexpr, BLOCK: tl.constexpr):
+    """One row (program) of [N, C]: T = the labels before the first negative one; loss =
+    1/C sum_{j in T positions} sum_{k not in T} max(0, 1 - x_{t_j} + x_k). Writes the row's
+    target mask is_t[k] and, per position j, the count of active k (for the backward);
+    a label >= C makes the row NaN."""
+    pid = tl.program_id(0)
+    row = pid.to(tl.int64) * C
+    idx = tl.arange(0, BLOCK)
+    end = C
+    for j0 in range(0, C, BLOCK):
+        t = tl.load(t_ptr + row + j0 + idx, mask=j0 + idx < C, other=0)
+        end = tl.minimum(end, tl.min(tl.where((t < 0) & (j0 + idx < C), j0 + idx, C), axis=0))
+    bad = 0
+    for k0 in range(0, C, BLOCK):
+        k = k0 + idx
+        hit = tl.zeros([BLOCK], tl.int32)
+        for j0 in range(0, C, BLOCK):
+            j = j0 + idx
+            t = tl.load(t_ptr + row + j, mask=j < end, other=-1)
+            hit = tl.maximum(hit, tl.max(tl.where(t[:, None] == k[None, :], 1, 0), axis=0))
+            if k0 == 0:
+                bad += tl.sum(tl.where((j < end) & (t >= C), 1, 0), axis=0)
+        tl.store(is_t_ptr + row + k, hit.to(tl.float32), mask=k < C)
+    acc = 0.0
+    for j0 in range(0, C, BLOCK):
+        j = j0 + idx
+        used = j < end
+        t = tl.load(t_ptr + row + j, mask=used, other=0)
+        used = used & (t < C)
+        xt = tl.load(x_ptr + row + tl.where(used, t, 0), mask=used, other=0.0).to(tl.float32)
+        cnt = tl.zeros([BLOCK], tl.float32)
+        for k0 in range(0, C, BLOCK):
+            k = k0 + idx
+            xk = tl.load(x_ptr + row + k, mask=k < C, other=0.0).to(tl.float32)
+            other = tl.load(is_t_ptr + row + k, mask=k < C, other=1.0) == 0
+            h = 1.0 - xt[:, None] + xk[None, :]
+            on = used[:, None] & other[None, :] & (h > 0)
+            acc += tl.sum(tl.sum(tl.where(on, h, 0.0), axis=1), axis=0)
+            cnt += tl.sum(tl.where(on, 1.0, 0.0), axis=1)
+        tl.store(cnt_ptr + row + j, cnt, mask=j < C)
+    loss = tl.where(bad > 0, float("nan"), acc / C)
+    if REDUCE == 0:
+        tl.store(out_ptr + pid, loss.to(out_ptr.dtype.element_ty))
+    else:
+        tl.store(part_ptr + pid, loss)
+
+
+@triton.jit
+def _multilabel_margin_backward_kernel(x_ptr, t_ptr, is_t_ptr, cnt_ptr, g_ptr, red_ptr, dx_ptr, C,
+                                       REDUCE: tl.constexpr, BLOCK: tl.constexpr):
+    """dx_k = g/C ([k not in T] #{j: active(j, k)} - sum_{j: t_j = k} #{k': active(j, k')})."""
+    pid = tl.program_id(0)
+    row = pid.to(tl.int64) * C
+    idx = tl.arange(0, BLOCK)
+    if REDUCE == 0:
+        g = tl.load(g_ptr + pid).to(tl.float32) / C
+    else:
+        g = tl.load(g_ptr).to(tl.float32) / C
+        if REDUCE == 2:
+            g = g / tl.load(red_ptr)
+    end = C
+    bad = 0
+    for j0 in range(0, C, BLOCK):
+        t = tl.load(t_ptr + row + j0 + idx, mask=j0 + idx < C, other=0)
+        end = tl.minimum(end, tl.min(tl.where((t < 0) & (j0 + idx < C), j0 + idx, C), axis=0))
+    for j0 in range(0, C, BLOCK):
+        t = tl.load(t_ptr + row + j0 + idx, mask=j0 + idx < end, other=0)
+        bad += tl.sum(tl.where(t >= C, 1, 0), axis=0)
+    g = tl.where(bad > 0, float("nan"), g)
+    for k0 in range(0, C, BLOCK):
+        k = k0 + idx
+        xk = tl.load(x_ptr + row + k, mask=k < C, other=0.0).to(tl.float32)
+        other = tl.load(is_t_ptr + row + k, mask=k < C, other=1.0) == 0
+        d = tl.zeros([BLOCK], tl.float32)
+        for j0 in range(0, C, BLOCK):
+            j = j0 + idx
+            used = j < end
+            t = tl.load(t_ptr + row + j, mask=used, other=0)
+            used = used & (t < C)
+            xt = tl.load(x_ptr + row + tl.where(used, t, 0), mask=used, other=0.0).to(tl.float32)
+            cnt = tl.load(cnt_ptr + row + j, mask=used, other=0.0)
+            on = used[:, None] & other[None, :] & (1.0 - xt[:, None] + xk[None, :] > 0)
+            d += tl.sum(tl.where(on, 1.0, 0.0), axis=0)
+            d -= tl.sum(tl.where(used[:, None] & (t[:, None] == k[None, :]), cnt[:, None], 0.0), axis=0)
+        tl.store(dx_ptr + row + k, (g * d).to(dx_ptr.dtype.element_ty), mask=k < C)
+
+
+_PAIR_SPACE = [{"BLOCK": b, "num_warps": w, "num_stages": 1} for b in (32, 64, 128) for w in (4, 8)]
+_PAIR_DEFAULT = {"BLOCK": 64, "num_warps": 4, "num_stages": 1}
+MULTILABEL_MARGIN_FORWARD_SPACE = _tuning.Space("classification.multilabel_margin_forward",
+                                                _multilabel_margin_forward_kernel, _PAIR_SPACE, _PAIR_DEFAULT)
+MULTILABEL_MARGIN_BACKWARD_SPACE = _tuning.Space("classification.multilabel_margin_backward",
+                                                 _multilabel_margin_backward_kernel, _PAIR_SPACE, _PAIR_DEFAULT)
+
+
+def multilabel_margin_forward(x, t, reduce: int):
+    """x, t: contiguous [N, C]. (loss [N] or 0-dim, saved (is_t, cnt), reduce stats)."""
+    N, C = x.shape
+    out = torch.empty((N,) if reduce == NONE else (), dtype=x.dtype, device=x.device)
+    is_t = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    cnt = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    part = _reduce.partials(N, False, x.device) if reduce != NONE else out
+
+    def launch(c):
+        _multilabel_margin_forward_kernel[(N,)](x, t, is_t, cnt, out, part, C, REDUCE=reduce, **c)
+
+    if N > 0:
+        key = (reduce, _tuning.bucket(N), _tuning.bucket(C), str(x.dtype).removeprefix("torch."))
+        launch(_tuning.pick(MULTILABEL_MARGIN_FORWARD_SPACE, key, E._device_name(x), launch))
+    red = torch.zeros(2, dtype=torch.float32, device=x.device)
+    if reduce != NONE:
+        red = _reduce.finish(part, N, out, N, False, reduce)
+    return out, is_t, cnt, red
+
+
+def multilabel_margin_backward(x, t, is_t, cnt, g, red, reduce: int):
+    N, C = x.shape
+    dx = torch.empty_like(x)
+
+    def launch(c):
+        _multilabel_margin_backward_kernel[(N,)](x, t, is_t, cnt, g, red, dx, C, REDUCE=reduce, **c)
+
+    if N > 0:
+        key = (reduce, _tuning.bucket(N), _tuning.bucket(C), str(x.dtype).removeprefix("torch."))
+        launch(_tuning.pick(MULTILABEL_MARGIN_BACKWARD_SPACE, key, E._device_name(x), launch))
+    return dx
+
+
 _ROW_SPACE = [{"TILE": t, "num_warps": w, "num_stages": 1} for t in (1024, 2048, 4096, 8192, 16384) for w in (4, 8, 16)]
 _ROW_DEFAULT = {"TILE": 4096, "num_warps": 8, "num_stages": 1}
 SOFTMAX_FORWARD_SPACE = _tuning.Space("classification.softmax_forward", _softmax_forward_kernel,

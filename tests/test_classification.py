@@ -480,3 +480,28 @@ def test_float64_takes_the_eager_path_and_gradchecks():
     t = torch.tensor([0, 3, 1])
     assert torch.autograd.gradcheck(lambda v: tritonloss.softmax_focal_loss(v, t), (x,))
     assert torch.autograd.gradcheck(lambda v: tritonloss.sigmoid_focal_loss(v, torch.ones_like(v)).sum(), (x,))
+
+
+def _multilabel_targets(shape):
+    C = shape[-1]
+    t = torch.full(shape, -1, dtype=torch.long)
+    for row in t.reshape(-1, C):
+        k = int(torch.randint(0, min(C, 6), ()))
+        row[:k] = torch.randint(0, C, (k,))  # duplicates allowed, as torch reads them
+        row[k + 1:] = torch.randint(0, C, (C - k - 1,))  # ignored: after the first -1
+    return t
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(9,), (5, 9), (3, 150)])
+def test_multilabel_margin(reduction, shape):
+    run(tritonloss.multilabel_margin_loss, TF.multilabel_margin_loss,
+        [torch.randn(shape), _multilabel_targets(shape)], dict(reduction=reduction))
+
+
+def test_multilabel_margin_label_out_of_range_is_nan():
+    x = torch.randn(2, 4, device=DEVICE)
+    t = torch.tensor([[1, 7, -1, 0], [2, -1, 9, 9]], device=DEVICE)
+    out = tritonloss.multilabel_margin_loss(x, t, reduction="none")
+    assert torch.isnan(out[0]) and torch.isfinite(out[1])
+    assert torch.isfinite(tnn.MultiLabelMarginLoss()(x, t.clamp(max=3)))

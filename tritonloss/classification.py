@@ -227,6 +227,39 @@ def multilabel_soft_margin_loss(input: torch.Tensor, target: torch.Tensor, weigh
                  ignore=False, has_norm=False, space=(K.MARGIN_FORWARD_SPACE, K.MARGIN_BACKWARD_SPACE))
 
 
+class _MultilabelMargin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, reduce, x, t):
+        out, is_t, cnt, red = K.multilabel_margin_forward(x, t, reduce)
+        ctx.reduce = reduce
+        ctx.save_for_backward(x, t, is_t, cnt, red)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, t, is_t, cnt, red = ctx.saved_tensors
+        return None, K.multilabel_margin_backward(x, t, is_t, cnt, grad.contiguous(), red, ctx.reduce), None
+
+
+def multilabel_margin_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """1/C sum_{j in T} sum_{k not in T} max(0, 1 - (x_j - x_k)) per row, T = the labels of
+    `target` before its first negative entry; anchor torch `F.multilabel_margin_loss`
+    (input [C] or [N, C], target of input's shape). A label >= C before the first negative
+    one makes the row NaN (torch raises)."""
+    _validate.reduction(reduction)
+    if isinstance(input, torch.Tensor) and input.dim() > 2:
+        raise ValueError(f"input: expected shape [C] or [N, C], got {tuple(input.shape)}")
+    N, C, S = _layout(input, target)
+    if not _runtime.use_kernels(input):
+        return TF.multilabel_margin_loss(input, target, reduction=reduction)
+    t = _validate.labels("target", target, tuple(input.shape), input)
+    x = input.contiguous().reshape(-1, C)
+    with _runtime.on_device(x):
+        out = _MultilabelMargin.apply(_REDUCE[reduction], x, t.reshape(-1, C))
+    return out.reshape(()) if reduction == "none" and input.dim() == 1 else out
+
+
 # ---------------------------------------------------------------------------------------
 # elementwise losses
 

@@ -439,3 +439,8 @@ class CDIoULoss(_BoxLoss):
     def __init__(self, box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none", base: str = "giou",
                  lam: float = 0.001):
         super().__init__(box_format, eps, reduction, base=base, lam=lam)
+
+
+class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
+    def forward(self, input, target):
+        return F.multilabel_margin_loss(input, target, self.reduction)
