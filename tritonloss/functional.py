@@ -38,6 +38,7 @@ from .metric import (
     triplet_loss,
     triplet_margin_loss,
 )
+from .overlap import dice_loss, focal_tversky_loss, tversky_loss
 from .regression import (
     adaptive_wing_loss,
     balanced_l1_loss,
@@ -53,7 +54,6 @@ from .regression import (
     smooth_l1_loss,
     wing_loss,
 )
-from .overlap import dice_loss, focal_tversky_loss, tversky_loss
 
 __all__ = [
     "box_iou",

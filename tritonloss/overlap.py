@@ -47,6 +47,7 @@ channel warn and are ignored.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -119,7 +120,8 @@ def _check_weight(weight, n_scored: int, input: torch.Tensor) -> torch.Tensor | 
     if isinstance(weight, Sequence) and not isinstance(weight, str):
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in weight):
             raise TypeError(f"weight: expected a 1-D tensor or a sequence of real numbers, got {weight!r}")
-        weight = torch.tensor(weight, dtype=torch.float32, device=input.device)
+        dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        weight = torch.tensor(weight, dtype=dtype, device=input.device)
     _validate.floating("weight", weight)
     _validate.same_device(input=input, weight=weight)
     if weight.shape != (n_scored,):
@@ -169,7 +171,7 @@ def _overlap(input, target, form, expo, activation, include_background, squared,
     if not _runtime.use_kernels(input, None if labels else target, weight):
         return eager(activation, include_background, weight)
 
-    B, S = input.shape[0], input[0, 0].numel()
+    B, S = input.shape[0], math.prod(input.shape[2:])
     x = input.reshape(B, n_class, S).contiguous()
     t = target.reshape((B, S) if labels else (B, n_class, S)).contiguous()
     if t.dtype == torch.bool:

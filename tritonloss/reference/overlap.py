@@ -107,7 +107,8 @@ def focal_tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=4 / 3, *, activ
     base = _tversky(input, target, alpha, beta, activation, include_background, squared,
                     smooth_nr, smooth_dr, batch, ignore_index)
     positive = base > 0
-    safe = torch.where(positive, base, torch.ones_like(base))
     zero = torch.zeros_like(base)
-    loss = torch.where(positive, safe ** (1 / gamma), torch.where(base == 0, zero, base * float("nan")))
+    power = torch.where(positive, base, torch.ones_like(base)) ** (1 / gamma)
+    negative = torch.where(base < 0, base, zero) * float("nan")  # NaN value and gradient there only
+    loss = torch.where(positive, power, torch.where(base == 0, zero, negative))
     return _finish(loss, weight, reduction)
