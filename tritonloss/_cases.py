@@ -81,5 +81,37 @@ def regression_cases() -> list[Case]:
     ]
 
 
+def overlap_cases() -> list[Case]:
+    """`shape` is read as [B, C, *spatial] when it has three dims or more, else as the
+    spatial size of a [2, 3, n] input. Tuned at the perf shapes."""
+    Ro = reference.overlap
+    tune = ((8, 19, 512, 1024), (2, 4, 128, 128, 128))
+
+    def shape_of(s):
+        return tuple(s) if len(s) >= 3 else (2, 3, s[-1])
+
+    def labels(s, dev):
+        return torch.randint(0, s[1], (s[0], *s[2:]), device=dev)
+
+    def dice(s, dt, dev):
+        s = shape_of(s)
+        return [_randn(s, dt, dev, 2), labels(s, dev)], {"ignore_index": 0}
+
+    def tversky(s, dt, dev):
+        s = shape_of(s)
+        return [_randn(s, dt, dev, 2), _rand(s, dt, dev)], {"alpha": 0.3, "beta": 0.7, "activation": "sigmoid"}
+
+    def focal(s, dt, dev):
+        s = shape_of(s)
+        w = _rand((s[1] - 1,), torch.float32, dev, 0.5, 2.0)
+        return [_randn(s, dt, dev, 2), labels(s, dev)], {"include_background": False, "weight": w}
+
+    return [
+        Case("dice_loss", F.dice_loss, Ro.dice_loss, dice, tune_shapes=tune),
+        Case("tversky_loss", F.tversky_loss, Ro.tversky_loss, tversky, tune_shapes=tune),
+        Case("focal_tversky_loss", F.focal_tversky_loss, Ro.focal_tversky_loss, focal, tune_shapes=tune),
+    ]
+
+
 def all_cases() -> list[Case]:
-    return regression_cases()
+    return regression_cases() + overlap_cases()
