@@ -139,6 +139,44 @@ def _grad_scale(g_ptr, stat_ptr, idx, mask, REDUCE: tl.constexpr):
 
 
 @triton.jit
+def _gram_tile(q_ptr, k_ptr, rows, rmask, cols, cmask, D, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """fp32 [BM, BN] tile of q_i . k_j over D with tl.dot (fp32 operands in IEEE precision)."""
+    gram = tl.zeros([BM, BN], tl.float32)
+    for k0 in range(0, D, BK):
+        ks = k0 + tl.arange(0, BK)
+        km = ks < D
+        a = tl.load(q_ptr + rows[:, None] * D + ks[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
+        b = tl.load(k_ptr + cols[None, :] * D + ks[:, None], mask=km[:, None] & cmask[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE:
+            gram = tl.dot(a, b, gram, input_precision="ieee")
+        else:
+            gram = tl.dot(a, b, gram)
+    return gram
+
+
+@triton.jit
+def _running_max(d, mask, cols, n, best, idx):
+    """One tile of an online argmax along axis 1 over the masked entries: NaN counts as the
+    largest (torch.max propagates it), ties go to the first index. idx -1: none yet."""
+    v = tl.where(mask, tl.where(d != d, float("inf"), d), float("-inf"))
+    tmax = tl.max(v, axis=1)
+    targ = tl.min(tl.where(mask & (v == tmax[:, None]), cols[None, :], n), axis=1)
+    upd = (targ < n) & ((idx < 0) | (tmax > best))
+    return tl.where(upd, tmax, best), tl.where(upd, targ, idx)
+
+
+@triton.jit
+def _running_min(d, mask, cols, n, best, idx):
+    """As _running_max, for the smallest."""
+    best, idx = _running_max(-d, mask, cols, n, -best, idx)
+    return -best, idx
+
+
+@triton.jit
 def _row_sq_norm_kernel(x_ptr, out_ptr, B, D, BR: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     rmask = rows < B
@@ -180,20 +218,7 @@ def _hard_forward_kernel(x_ptr, nsq_ptr, lab_ptr, part_ptr, pidx_ptr, nidx_ptr, 
     for j0 in range(0, B, BN):
         cols = j0 + tl.arange(0, BN).to(tl.int64)
         cmask = cols < B
-        # Gram tile x_i . x_j over D
-        gram = tl.zeros([BM, BN], tl.float32)
-        for k0 in range(0, D, BK):
-            ks = k0 + tl.arange(0, BK)
-            km = ks < D
-            a = tl.load(x_ptr + rows[:, None] * D + ks[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
-            b = tl.load(x_ptr + cols[None, :] * D + ks[:, None], mask=km[:, None] & cmask[None, :], other=0.0)
-            if UPCAST:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            if IEEE:
-                gram = tl.dot(a, b, gram, input_precision="ieee")
-            else:
-                gram = tl.dot(a, b, gram)
+        gram = _gram_tile(x_ptr, x_ptr, rows, rmask, cols, cmask, D, UPCAST, IEEE, BM, BN, BK)
         nsq_j = tl.load(nsq_ptr + cols, mask=cmask, other=1.0)
         inv_j = _inv_norm(nsq_j, NORMED)
         if NORMED:
@@ -210,18 +235,8 @@ def _hard_forward_kernel(x_ptr, nsq_ptr, lab_ptr, part_ptr, pidx_ptr, nidx_ptr, 
         pos = both & same & (rows[:, None] != cols[None, :])
         neg = both & (lab_i[:, None] != lab_j[None, :])
         # NaN distances win (torch.max / torch.min propagate NaN)
-        dp = tl.where(pos, tl.where(d != d, float("inf"), d), float("-inf"))
-        tmax = tl.max(dp, axis=1)
-        targ = tl.min(tl.where(pos & (dp == tmax[:, None]), cols[None, :], B), axis=1)
-        upd = (targ < B) & ((idx_p < 0) | (tmax > best_p))
-        best_p = tl.where(upd, tmax, best_p)
-        idx_p = tl.where(upd, targ, idx_p)
-        dn = tl.where(neg, tl.where(d != d, float("-inf"), d), float("inf"))
-        tmin = tl.min(dn, axis=1)
-        targ = tl.min(tl.where(neg & (dn == tmin[:, None]), cols[None, :], B), axis=1)
-        upd = (targ < B) & ((idx_n < 0) | (tmin < best_n))
-        best_n = tl.where(upd, tmin, best_n)
-        idx_n = tl.where(upd, targ, idx_n)
+        best_p, idx_p = _running_max(d, pos, cols, B, best_p, idx_p)
+        best_n, idx_n = _running_min(d, neg, cols, B, best_n, idx_n)
     # the chosen distances, exactly from the rows
     valid = rmask & (idx_p >= 0) & (idx_n >= 0)
     p = tl.where(valid, idx_p, 0)
@@ -305,10 +320,12 @@ HARD_FORWARD_SPACE = _tuning.Space(
 )
 
 
-def _upcast_flags(x: torch.Tensor) -> dict:
+def _upcast_flags(x: torch.Tensor, other: torch.Tensor | None = None) -> dict:
     """tl.dot operand handling: fp32 in IEEE precision (no TF32: mining must see the same
-    order as the fp32 reference); fp16 / bf16 on tensor cores, upcast under the interpreter."""
-    return dict(UPCAST=not x.is_cuda, IEEE=x.dtype == torch.float32 or not x.is_cuda)
+    order as the fp32 reference); fp16 / bf16 on tensor cores; upcast to fp32 under the
+    interpreter and when the two operands' dtypes differ."""
+    upcast = not x.is_cuda or (other is not None and other.dtype != x.dtype)
+    return dict(UPCAST=upcast, IEEE=upcast or x.dtype == torch.float32)
 
 
 def triplet_hard_forward(x, labels, margin: float, metric: int, normed: bool, soft: bool):
@@ -824,10 +841,13 @@ def row_backward(loss: int, opt: int, params, a, b, c, labels, target, radius, r
 # --- centers: segmented (per class) sums over the samples sorted by label ----------------
 
 @triton.jit
-def _center_segment_kernel(x_ptr, c_ptr, order_ptr, start_ptr, g_ptr, stat_ptr, out_ptr, D, alpha,
-                           UPDATE: tl.constexpr, REDUCE: tl.constexpr, BD: tl.constexpr):
-    """One program per (class j, block of D). Samples of class j are order[start[j]:start[j+1]].
-    UPDATE False: out[j] = -sum_i g_i (x_i - c_j), the centers' gradient of center_loss.
+def _center_segment_kernel(x_ptr, c_ptr, order_ptr, start_ptr, coef_ptr, g_ptr, stat_ptr, out_ptr, N, D, alpha,
+                           UPDATE: tl.constexpr, HAS_COEF: tl.constexpr, REDUCE: tl.constexpr,
+                           BD: tl.constexpr):
+    """One program per (class j, block of D). The entries pointing at class j are
+    order[start[j]:start[j+1]]; entry e stands for sample e % N with coefficient coef[e] (1
+    without coef).
+    UPDATE False: out[j] = -sum_e g_i coef_e (x_i - c_j), a centers' gradient.
     UPDATE True: c_j -= alpha sum_i (c_j - x_i) / (1 + n_j), in place, only where n_j > 0."""
     j = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BD + tl.arange(0, BD)
@@ -837,12 +857,16 @@ def _center_segment_kernel(x_ptr, c_ptr, order_ptr, start_ptr, g_ptr, stat_ptr, 
     c = tl.load(c_ptr + j * D + cols, mask=cm, other=0.0).to(tl.float32)
     acc = tl.zeros([BD], tl.float32)
     for e in range(start, end):
-        i = tl.load(order_ptr + e)
+        ent = tl.load(order_ptr + e)
+        i = ent % N
         x = tl.load(x_ptr + i * D + cols, mask=cm, other=0.0).to(tl.float32)
         if UPDATE:
             acc += c - x
         else:
-            acc += _grad_scale(g_ptr, stat_ptr, i, i >= 0, REDUCE) * (x - c)
+            w = _grad_scale(g_ptr, stat_ptr, i, i >= 0, REDUCE)
+            if HAS_COEF:
+                w = w * tl.load(coef_ptr + ent)
+            acc += w * (x - c)
     if UPDATE:
         if end > start:
             c = c - alpha * acc / (1.0 + (end - start).to(tl.float32))
@@ -869,8 +893,9 @@ def center_grad(x, centers, labels, g, stats, reduce: int) -> torch.Tensor:
     if C == 0 or D == 0:
         return dc
     order, start = _segments(labels, C)
-    _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](x, centers, order, start, g, stats, dc, D, 0.0,
-                                                            UPDATE=False, REDUCE=reduce, BD=_SEGMENT_BD)
+    _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](
+        x, centers, order, start, x, g, stats, dc, max(x.shape[0], 1), D, 0.0,
+        UPDATE=False, HAS_COEF=False, REDUCE=reduce, BD=_SEGMENT_BD)
     return dc
 
 
@@ -880,8 +905,9 @@ def update_centers(centers, x, labels, alpha: float) -> None:
     if C == 0 or D == 0 or x.shape[0] == 0:
         return
     order, start = _segments(labels, C)
-    _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](x, centers, order, start, x, x, centers, D, alpha,
-                                                            UPDATE=True, REDUCE=NONE, BD=_SEGMENT_BD)
+    _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](
+        x, centers, order, start, x, x, x, centers, x.shape[0], D, alpha,
+        UPDATE=True, HAS_COEF=False, REDUCE=NONE, BD=_SEGMENT_BD)
 
 
 # --- elementwise pair losses (kernels/_elementwise.py) ---------------------------------------
@@ -938,3 +964,128 @@ FORWARD_SPACE = _tuning.Space("metric.forward", _forward_kernel, E.SPACE, E.DEFA
 BACKWARD_SPACE = _tuning.Space("metric.backward", _backward_kernel, E.SPACE, E.DEFAULT)
 forward = functools.partial(E.forward, FORWARD_SPACE)
 backward = functools.partial(E.backward, BACKWARD_SPACE)
+
+
+# --- triplet-center loss: nearest other center per sample, tiled over the centers -------------
+
+@triton.jit
+def _tc_forward_kernel(x_ptr, c_ptr, xnsq_ptr, cnsq_ptr, lab_ptr, out_ptr, part_ptr, nidx_ptr, slope_ptr,
+                       B, C, D, margin, REDUCE: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Per sample: D(x, c) = 1/2 norm(x - c)^2, the nearest center n != y over Gram tiles
+    (first index on ties), then relu(D(x, c_y) + margin - D(x, c_n)) with both D exact."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
+    rmask = rows < B
+    y = tl.load(lab_ptr + rows, mask=rmask, other=0)
+    ok = (y >= 0) & (y < C)
+    nsq_i = tl.load(xnsq_ptr + rows, mask=rmask, other=0.0)
+    best = tl.full([BM], float("inf"), tl.float32)
+    idx = tl.full([BM], -1, tl.int64)
+    for j0 in range(0, C, BN):
+        cols = j0 + tl.arange(0, BN).to(tl.int64)
+        cmask = cols < C
+        gram = _gram_tile(x_ptr, c_ptr, rows, rmask, cols, cmask, D, UPCAST, IEEE, BM, BN, BK)
+        nsq_j = tl.load(cnsq_ptr + cols, mask=cmask, other=0.0)
+        sq = tl.maximum(nsq_i[:, None] + nsq_j[None, :] - 2.0 * gram, 0.0)
+        other = rmask[:, None] & cmask[None, :] & (cols[None, :] != y[:, None])
+        best, idx = _running_min(sq, other, cols, C, best, idx)
+    valid = rmask & ok & (idx >= 0)
+    yc = tl.where(valid, y, 0)
+    n = tl.where(valid, idx, 0)
+    one = tl.full([BM], 1.0, tl.float32)
+    acc_p = tl.zeros([BM], tl.float32)
+    acc_n = tl.zeros([BM], tl.float32)
+    for k0 in range(0, D, BK):
+        ks = k0 + tl.arange(0, BK)
+        km = ks < D
+        f = _load_rows(x_ptr, rows, valid, ks, km, D, one)
+        acc_p += tl.sum(_pair_term(f, _load_rows(c_ptr, yc, valid, ks, km, D, one), 0), axis=1)
+        acc_n += tl.sum(_pair_term(f, _load_rows(c_ptr, n, valid, ks, km, D, one), 0), axis=1)
+    z = 0.5 * acc_p + margin - 0.5 * acc_n
+    loss = tl.where(valid, tl.where(z < 0, 0.0, z), 0.0)
+    loss = tl.where(rmask & ~ok, float("nan"), loss)  # an out-of-range label gives NaN
+    tl.store(nidx_ptr + rows, tl.where(valid, idx, -1), mask=rmask)
+    tl.store(slope_ptr + rows, tl.where(valid & (z > 0), 1.0, 0.0), mask=rmask)
+    if REDUCE == 0:
+        tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=rmask)
+    else:
+        tl.store(part_ptr + pid, tl.sum(loss, axis=0))
+
+
+@triton.jit
+def _tc_dx_kernel(c_ptr, lab_ptr, nidx_ptr, slope_ptr, g_ptr, stat_ptr, dx_ptr, B, C, D,
+                  REDUCE: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """d/dx = g slope (c_n - c_y); NaN rows for out-of-range labels."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    rmask = rows < B
+    y = tl.load(lab_ptr + rows, mask=rmask, other=0)
+    ok = (y >= 0) & (y < C)
+    n = tl.load(nidx_ptr + rows, mask=rmask, other=-1)
+    valid = rmask & ok & (n >= 0)
+    g = _grad_scale(g_ptr, stat_ptr, rows, rmask, REDUCE) * tl.load(slope_ptr + rows, mask=rmask, other=0.0)
+    g = tl.where(ok, g, float("nan"))
+    one = tl.full([BR], 1.0, tl.float32)
+    for d0 in range(0, D, BD):
+        cols = d0 + tl.arange(0, BD)
+        cm = cols < D
+        diff = _load_rows(c_ptr, tl.where(valid, n, 0), valid, cols, cm, D, one) - _load_rows(
+            c_ptr, tl.where(valid, y, 0), valid, cols, cm, D, one)
+        tl.store(dx_ptr + rows[:, None] * D + cols[None, :], (g[:, None] * diff).to(dx_ptr.dtype.element_ty),
+                 mask=rmask[:, None] & cm[None, :])
+
+
+TC_FORWARD_SPACE = _tuning.Space(
+    "metric.triplet_center_forward", _tc_forward_kernel, _HARD_SPACE_CONFIGS,
+    {"BM": 32, "BN": 32, "BK": 32, "num_warps": 4, "num_stages": 2},
+)
+
+
+def triplet_center_forward(x, centers, labels, margin: float, reduce: int):
+    """Loss ("none": [B]) or the 0-dim reduced loss (mean over B), stats, and (nidx, slope)."""
+    B, D = x.shape
+    C = centers.shape[0]
+    dev = x.device
+    out = torch.empty((B,) if reduce == NONE else (), dtype=x.dtype, device=dev)
+    nidx = torch.empty(B, dtype=torch.int64, device=dev)
+    slope = torch.empty(B, dtype=torch.float32, device=dev)
+    stats = torch.zeros(2, dtype=torch.float32, device=dev)
+    part = torch.empty(0, dtype=torch.float32, device=dev)
+    if B > 0:
+        xnsq, cnsq = row_sq_norms(x), row_sq_norms(centers)
+        flags = dict(REDUCE=reduce, **_upcast_flags(x, centers))
+        parts = {}
+
+        def launch(c):
+            n_part = triton.cdiv(B, c["BM"])
+            part = out if reduce == NONE else parts.setdefault(n_part, _reduce.partials(n_part, False, dev))
+            _tc_forward_kernel[(n_part,)](x, centers, xnsq, cnsq, labels, out, part, nidx, slope, B, C, D, margin,
+                                          **flags, **c)
+            return part
+
+        key = (reduce, _tuning.bucket(B), _tuning.bucket(C), _tuning.bucket(D), _dtype_key(x, centers))
+        part = launch(_tuning.pick(TC_FORWARD_SPACE, key, _device_name(x), launch))
+    if reduce != NONE:
+        stats = _reduce.finish(part, part.numel(), out, B, False, reduce)
+    return out, stats, (nidx, slope)
+
+
+def triplet_center_backward(x, centers, labels, saved, g, stats, reduce: int, need):
+    """(dx, dcenters), each None unless `need` asks for it."""
+    nidx, slope = saved
+    B, D = x.shape
+    C = centers.shape[0]
+    dx = torch.empty_like(x) if need[0] else None
+    dc = torch.empty_like(centers) if need[1] else None
+    if need[0] and B > 0:
+        _tc_dx_kernel[(triton.cdiv(B, 16),)](centers, labels, nidx, slope, g, stats, dx, B, C, D,
+                                             REDUCE=reduce, BR=16, BD=64)
+    if need[1] and C > 0 and D > 0:
+        # entries i: (sample i, its own center, +slope); B + i: (sample i, its nearest other, -slope)
+        ends = torch.cat([torch.where(nidx >= 0, labels, -1), nidx])
+        coef = torch.cat([slope, -slope])
+        order, start = _segments(ends, C)
+        _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](
+            x, centers, order, start, coef, g, stats, dc, max(B, 1), D, 0.0,
+            UPDATE=False, HAS_COEF=True, REDUCE=reduce, BD=_SEGMENT_BD)
+    return dx, dc

@@ -353,3 +353,47 @@ def update_centers(centers: torch.Tensor, features: torch.Tensor, labels: torch.
         return
     with _runtime.on_device(centers):
         K.update_centers(centers, features.detach().contiguous(), labels.to(torch.int64).contiguous(), alpha)
+
+
+class _TripletCenter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, centers, labels, margin, reduce):
+        out, stats, saved = K.triplet_center_forward(x, centers, labels, margin, reduce)
+        ctx.reduce = reduce
+        ctx.save_for_backward(x, centers, labels, stats, *saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, centers, labels, stats, *saved = ctx.saved_tensors
+        dx, dc = K.triplet_center_backward(x, centers, labels, saved, grad.contiguous(), stats, ctx.reduce,
+                                           ctx.needs_input_grad[:2])
+        return dx, dc, None, None, None
+
+
+def triplet_center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, margin: float = 1.0,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Triplet-center loss (He et al. 2018): with D(x, c) = 1/2 norm(x - c)^2,
+    relu(D(x_i, c_{y_i}) + margin - min over j != y_i of D(x_i, c_j)) per sample.
+
+    The nearest other center is found over tiles of the Gram matrix (no B x C tensor; ties
+    to the first index), then both D are recomputed exactly. Gradients reach `features`
+    and `centers` (a deterministic segmented sum; the relu's gradient at 0 is 0). With one
+    class there is no other center and the loss is 0. A label outside [0, C) gives NaN for
+    its row (with checks on it raises).
+    """
+    _validate.reduction(reduction)
+    _embeddings("features", features)
+    _embeddings("centers", centers)
+    _labels("labels", labels, features.shape[0], features)
+    _validate.same_device(features=features, centers=centers)
+    if centers.shape[1] != features.shape[1]:
+        raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
+    margin = _validate.number("margin", margin, low=0.0)
+    _check_label_range(labels, centers.shape[0])
+    if not _runtime.use_kernels(features, centers):
+        return ref.triplet_center_loss(features, labels, centers, margin, reduction)
+    with _runtime.on_device(features):
+        return _TripletCenter.apply(features.contiguous(), centers.contiguous(),
+                                    labels.to(torch.int64).contiguous(), margin, _REDUCE[reduction])

@@ -101,3 +101,10 @@ def contrastive_loss(x1, x2, target, margin=1.0, reduction="mean"):
 def ring_loss(features, radius, reduction="mean"):
     norm = _safe_sqrt((features * features).sum(1))
     return _reduce(0.5 * (norm - radius.to(norm.dtype).reshape(())) ** 2, reduction)
+
+
+def triplet_center_loss(features, labels, centers, margin=1.0, reduction="mean"):
+    d = 0.5 * ((features[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+    own = d.gather(1, labels[:, None])[:, 0]
+    other = d.scatter(1, labels[:, None], float("inf")).min(1).values
+    return _reduce(F.relu(own + margin - other), reduction)
