@@ -5,9 +5,10 @@ Each program takes BLOCK box pairs and loads their coordinates with four strided
 per box. The box format (FMT) and the loss (LOSS, plus the CD flag that adds the CDIoU
 vertex term) are constexpr. Every box is first converted to corners and each inverted
 axis (x2 < x1) collapsed to its midpoint, so widths and heights are max(w, 0) and the
-centre is kept. `_terms` returns the loss and its derivatives with respect to the eight
-corner coordinates, written out by hand (reverse mode); `_axis_grads`, `_collapse_grad`
-and `_from_xyxy_grad` carry them back to the inputs. The backward recomputes everything
+centre is kept. `_terms` returns the loss and its derivatives, written out by hand
+(reverse mode): per box, positional adjoints of the four corners and the adjoints of the
+width and height, kept apart so that large aspect-ratio terms never cancel in fp32;
+`_raw_axis_grad` carries them back to the raw coordinates of each format. The backward recomputes everything
 from the two box tensors: nothing else is saved. Reductions are two-stage
 (kernels/_reduce.py); min / max split their gradient evenly at ties, as torch does.
 """
@@ -68,26 +69,20 @@ def _collapse(lo, hi):
 
 
 @triton.jit
-def _collapse_grad(lo, hi, glo, ghi):
-    """Gradients with respect to the raw (lo, hi) given those of the collapsed pair."""
-    inv = hi < lo
-    half = 0.5 * (glo + ghi)
-    return tl.where(inv, half, glo), tl.where(inv, half, ghi)
-
-
-@triton.jit
-def _from_xyxy_grad(a, b, c, d, gx1, gy1, gx2, gy2, FMT: tl.constexpr):
-    """Gradients with respect to the raw coordinates (a, b, c, d) of one box in FMT, given
-    those of its collapsed corners."""
-    x1, y1, x2, y2 = _to_xyxy(a, b, c, d, FMT)
-    gx1, gx2 = _collapse_grad(x1, x2, gx1, gx2)
-    gy1, gy2 = _collapse_grad(y1, y2, gy1, gy2)
+def _raw_axis_grad(lo, hi, g_lo, g_hi, g_w, FMT: tl.constexpr):
+    """Gradients for one axis's two raw coordinates ((x1, x2), (x, w) or (cx, w) by FMT),
+    given the corners (lo, hi) before the collapse, the positional adjoints g_lo, g_hi of the
+    collapsed corners and the adjoint g_w of the extent max(hi - lo, 0). The extent's adjoint
+    is kept apart (it can be of order 1/eps where the other terms are small) and never
+    added and subtracted again, so no precision is lost to cancellation."""
+    inv = hi < lo  # collapsed: both corners are the midpoint, the extent is constant 0
+    half = 0.5 * (g_lo + g_hi)
     if FMT == 0:
-        return gx1, gy1, gx2, gy2
+        return tl.where(inv, half, g_lo - g_w), tl.where(inv, half, g_hi + g_w)
     elif FMT == 1:
-        return gx1 + gx2, gy1 + gy2, gx2, gy2
+        return g_lo + g_hi, tl.where(inv, half, g_hi + g_w)
     else:
-        return gx1 + gx2, gy1 + gy2, 0.5 * (gx2 - gx1), 0.5 * (gy2 - gy1)
+        return g_lo + g_hi, tl.where(inv, 0.0, 0.5 * (g_hi - g_lo) + g_w)
 
 
 @triton.jit
@@ -108,20 +103,20 @@ def _axis(p1, p2, g1, g2):
 
 
 @triton.jit
-def _axis_grads(p1, p2, g1, g2, g_wp, g_wg, g_inter, g_enc, g_dc, g_e1, g_e2):
-    """Gradients with respect to (p1, p2, g1, g2) given those of the box extents wp = p2 - p1,
-    wg = g2 - g1, the intersection and enclosing extents, the centre difference, and the
-    edge offsets e1 = p1 - g1, e2 = p2 - g2."""
+def _axis_grads(p1, p2, g1, g2, g_inter, g_enc, g_dc, g_e1, g_e2):
+    """Positional gradients with respect to (p1, p2, g1, g2) given those of the intersection
+    and enclosing extents, the centre difference and the edge offsets e1 = p1 - g1,
+    e2 = p2 - g2 (the box extents' adjoints are carried separately, see _raw_axis_grad)."""
     t = tl.where(tl.minimum(p2, g2) - tl.maximum(p1, g1) > 0, g_inter, 0.0)
     s_hi = _share(g2, p2)  # min(p2, g2) goes to p2 where p2 < g2
     s_lo = _share(p1, g1)  # max(p1, g1) goes to p1 where p1 > g1
     c_hi = _share(p2, g2)  # max(p2, g2)
     c_lo = _share(g1, p1)  # min(p1, g1) goes to p1 where p1 < g1
     half = 0.5 * g_dc
-    dp2 = g_wp + t * s_hi + g_enc * c_hi + half + g_e2
-    dg2 = g_wg + t * (1.0 - s_hi) + g_enc * (1.0 - c_hi) - half - g_e2
-    dp1 = -g_wp - t * s_lo - g_enc * c_lo + half + g_e1
-    dg1 = -g_wg - t * (1.0 - s_lo) - g_enc * (1.0 - c_lo) - half - g_e1
+    dp2 = t * s_hi + g_enc * c_hi + half + g_e2
+    dg2 = t * (1.0 - s_hi) + g_enc * (1.0 - c_hi) - half - g_e2
+    dp1 = -t * s_lo - g_enc * c_lo + half + g_e1
+    dg1 = -t * (1.0 - s_lo) - g_enc * (1.0 - c_lo) - half - g_e1
     return dp1, dp2, dg1, dg2
 
 
@@ -260,9 +255,9 @@ def _terms(LOSS: tl.constexpr, CD: tl.constexpr, px1, py1, px2, py2, gx1, gy1, g
     g_hp += g_area * wp
     g_wg += g_area * hg
     g_hg += g_area * wg
-    dpx1, dpx2, dgx1, dgx2 = _axis_grads(px1, px2, gx1, gx2, g_wp, g_wg, g_inter * ih, g_cw, g_dcx, g_e1x, g_e2x)
-    dpy1, dpy2, dgy1, dgy2 = _axis_grads(py1, py2, gy1, gy2, g_hp, g_hg, g_inter * iw, g_ch, g_dcy, g_e1y, g_e2y)
-    return loss, dpx1, dpy1, dpx2, dpy2, dgx1, dgy1, dgx2, dgy2
+    dpx1, dpx2, dgx1, dgx2 = _axis_grads(px1, px2, gx1, gx2, g_inter * ih, g_cw, g_dcx, g_e1x, g_e2x)
+    dpy1, dpy2, dgy1, dgy2 = _axis_grads(py1, py2, gy1, gy2, g_inter * iw, g_ch, g_dcy, g_e1y, g_e2y)
+    return loss, dpx1, dpy1, dpx2, dpy2, g_wp, g_hp, dgx1, dgy1, dgx2, dgy2, g_wg, g_hg
 
 
 @triton.jit
@@ -276,14 +271,17 @@ def _forward_kernel(b1_ptr, b2_ptr, out_ptr, part_ptr, n, eps, p0,
     ga, gb, gc, gd = _load_raw(b2_ptr, rows, mask)
     px1, py1, px2, py2 = _corners(pa, pb, pc, pd, FMT)
     gx1, gy1, gx2, gy2 = _corners(ga, gb, gc, gd, FMT)
-    loss, _, _, _, _, _, _, _, _ = _terms(LOSS, CD, px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, p0)
+    loss, _, _, _, _, _, _, _, _, _, _, _, _ = _terms(LOSS, CD, px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, p0)
     E.store_loss(loss, tl.where(mask, 1.0, 0.0), pid, rows, mask, out_ptr, part_ptr, False, REDUCE)
 
 
 @triton.jit
-def _store_box_grad(ptr, rows, mask, g, a, b, c, d, dx1, dy1, dx2, dy2, FMT: tl.constexpr):
-    """g times the corner gradients, carried back to the raw coordinates (a, b, c, d)."""
-    ga, gb, gc, gd = _from_xyxy_grad(a, b, c, d, dx1, dy1, dx2, dy2, FMT)
+def _store_box_grad(ptr, rows, mask, g, a, b, c, d, gx1, gy1, gx2, gy2, g_w, g_h, FMT: tl.constexpr):
+    """g times the gradients for the raw coordinates (a, b, c, d) of one box, from the
+    positional adjoints of its corners and the adjoints of its width and height."""
+    x1, y1, x2, y2 = _to_xyxy(a, b, c, d, FMT)
+    ga, gc = _raw_axis_grad(x1, x2, gx1, gx2, g_w, FMT)
+    gb, gd = _raw_axis_grad(y1, y2, gy1, gy2, g_h, FMT)
     ty = ptr.dtype.element_ty
     tl.store(ptr + rows * 4, (g * ga).to(ty), mask=mask)
     tl.store(ptr + rows * 4 + 1, (g * gb).to(ty), mask=mask)
@@ -303,12 +301,12 @@ def _backward_kernel(b1_ptr, b2_ptr, g_ptr, stat_ptr, d1_ptr, d2_ptr, n, eps, p0
     px1, py1, px2, py2 = _corners(pa, pb, pc, pd, FMT)
     gx1, gy1, gx2, gy2 = _corners(ga, gb, gc, gd, FMT)
     g = E.grad_scale(g_ptr, stat_ptr, rows, mask, REDUCE)
-    _, dpx1, dpy1, dpx2, dpy2, dgx1, dgy1, dgx2, dgy2 = _terms(
+    _, dpx1, dpy1, dpx2, dpy2, dwp, dhp, dgx1, dgy1, dgx2, dgy2, dwg, dhg = _terms(
         LOSS, CD, px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, p0)
     if NEED1:
-        _store_box_grad(d1_ptr, rows, mask, g, pa, pb, pc, pd, dpx1, dpy1, dpx2, dpy2, FMT)
+        _store_box_grad(d1_ptr, rows, mask, g, pa, pb, pc, pd, dpx1, dpy1, dpx2, dpy2, dwp, dhp, FMT)
     if NEED2:
-        _store_box_grad(d2_ptr, rows, mask, g, ga, gb, gc, gd, dgx1, dgy1, dgx2, dgy2, FMT)
+        _store_box_grad(d2_ptr, rows, mask, g, ga, gb, gc, gd, dgx1, dgy1, dgx2, dgy2, dwg, dhg, FMT)
 
 
 @triton.jit

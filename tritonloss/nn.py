@@ -444,3 +444,59 @@ class CDIoULoss(_BoxLoss):
 class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
     def forward(self, input, target):
         return F.multilabel_margin_loss(input, target, self.reduction)
+
+
+class _BoxLoss(torch.nn.Module):
+    """Base of the box modules: `forward(boxes1, boxes2)` calls `fn` with the options."""
+
+    fn = None
+
+    def __init__(self, box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none", **options):
+        super().__init__()
+        self.box_format, self.eps, self.reduction = box_format, eps, reduction
+        self._options = tuple(options)
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    def forward(self, boxes1, boxes2):
+        options = {name: getattr(self, name) for name in self._options}
+        return type(self).fn(boxes1, boxes2, box_format=self.box_format, eps=self.eps,
+                             reduction=self.reduction, **options)
+
+
+class IoULoss(_BoxLoss):
+    fn = staticmethod(F.iou_loss)
+
+    def __init__(self, mode: str = "linear", box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none"):
+        super().__init__(box_format, eps, reduction, mode=mode)
+
+
+class GIoULoss(_BoxLoss):
+    fn = staticmethod(F.giou_loss)
+
+
+class DIoULoss(_BoxLoss):
+    fn = staticmethod(F.diou_loss)
+
+
+class CIoULoss(_BoxLoss):
+    fn = staticmethod(F.ciou_loss)
+
+
+class EIoULoss(_BoxLoss):
+    fn = staticmethod(F.eiou_loss)
+
+
+class FocalEIoULoss(_BoxLoss):
+    fn = staticmethod(F.focal_eiou_loss)
+
+    def __init__(self, box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none", gamma: float = 0.5):
+        super().__init__(box_format, eps, reduction, gamma=gamma)
+
+
+class CDIoULoss(_BoxLoss):
+    fn = staticmethod(F.cdiou_loss)
+
+    def __init__(self, box_format: str = "xyxy", eps: float = 1e-7, reduction: str = "none", base: str = "giou",
+                 lam: float = 0.001):
+        super().__init__(box_format, eps, reduction, base=base, lam=lam)
