@@ -9,10 +9,13 @@ reads `shape` as it needs (for example its last dimension as the class count).
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as TF
 
 from . import functional as F
 from . import reference
@@ -20,6 +23,8 @@ from . import reference
 _ALL = tuple({"reduction": r} for r in ("none", "mean", "sum"))
 # shapes `tritonloss tune` times: the elementwise perf size and one smaller bucket
 _ELEMENTWISE_TUNE = ((2**10, 2**10), (2**14, 2**10))
+# row losses: the classification perf shapes (rows x classes, and [N, C, H, W])
+_ROW_TUNE = ((4096, 32000), (8192, 128256), (65536, 80), (8, 19, 512, 1024))
 
 
 class Case(NamedTuple):
@@ -29,6 +34,14 @@ class Case(NamedTuple):
     make: Callable
     reductions: tuple = _ALL
     tune_shapes: tuple = _ELEMENTWISE_TUNE
+    grad_args: tuple | None = None  # positions of the differentiated args (None: every floating one)
+
+
+def differentiated(case: Case, position: int, arg: torch.Tensor) -> bool:
+    """Whether `check` and `tune` ask for the gradient of positional argument `position`."""
+    if not arg.is_floating_point():
+        return False
+    return case.grad_args is None or position in case.grad_args
 
 
 def _randn(shape, dtype, device, scale=1.0):
@@ -81,6 +94,100 @@ def regression_cases() -> list[Case]:
     ]
 
 
+def classification_cases() -> list[Case]:
+    """`shape` is read as [..., C]: the softmax losses see [N, C, rest] when it has three
+    dims (labels [N, rest]), the others rows x C."""
+    Rc = reference.classification
+
+    def rows(s):
+        return (math.prod(s[:-1]) if len(s) > 1 else 1, s[-1])
+
+    def labels(s, dev, C, ignore=True):
+        t = torch.randint(0, C, s, device=dev)
+        return torch.where(torch.rand(s, device=dev) < 0.2, -100, t) if ignore else t
+
+    def softmax_input(s, dt, dev, log=False):
+        x = _randn(s, torch.float32, dev, 2.0)
+        C, lshape = (s[0], ()) if len(s) == 1 else (s[1], (s[0], *s[2:]))
+        x = torch.log_softmax(x, dim=0 if len(s) == 1 else 1) if log else x
+        return x.to(dt), C, lshape
+
+    def ce(s, dt, dev):
+        x, C, ls = softmax_input(s, dt, dev)
+        return [x, labels(ls, dev, C)], {"label_smoothing": 0.1, "weight": _rand((C,), torch.float32, dev, 0.1)}
+
+    def ce_prob(s, dt, dev):
+        x, C, ls = softmax_input(s, dt, dev)
+        return [x, torch.softmax(_randn(s, torch.float32, dev), dim=0 if len(s) == 1 else 1).to(dt)], {}
+
+    def nll(s, dt, dev):
+        x, C, ls = softmax_input(s, dt, dev, log=True)
+        return [x, labels(ls, dev, C)], {"weight": _rand((C,), torch.float32, dev, 0.1)}
+
+    def focal(s, dt, dev):
+        x, C, ls = softmax_input(s, dt, dev)
+        return [x, labels(ls, dev, C)], {"alpha": _rand((C,), torch.float32, dev), "gamma": 1.5}
+
+    def mean_var(s, dt, dev):
+        n, C = rows(s)
+        return [_randn((n, C), dt, dev), torch.randint(0, C, (n,), device=dev) + 10], {"start_age": 10}
+
+    def multi_margin(s, dt, dev):
+        n, C = rows(s)
+        return [_randn((n, C), dt, dev), torch.randint(0, C, (n,), device=dev)], {"p": 2, "margin": 0.8}
+
+    def multilabel(s, dt, dev):
+        n, C = rows(s)
+        t = torch.randint(0, C, (n, C), device=dev)
+        t[:, 5] = -1
+        return [_randn((n, C), dt, dev), t], {}
+
+    def soft_multilabel(s, dt, dev):
+        n, C = rows(s)
+        return [_randn((n, C), dt, dev, 2), _rand((n, C), dt, dev)], {"weight": _rand((C,), torch.float32, dev)}
+
+    def signs(s, dt, dev, **opts):
+        return [_randn(s, dt, dev, 2), (torch.randint(0, 2, s, device=dev) * 2 - 1).to(dt)], opts
+
+    def probs(s, dt, dev):
+        return [_rand(s, dt, dev, 0.02, 0.98), _rand(s, dt, dev)], {"weight": _rand(s[-1:], torch.float32, dev)}
+
+    def logits(s, dt, dev):
+        return [_randn(s, dt, dev, 3), _rand(s, dt, dev)], {"pos_weight": _rand(s[-1:], torch.float32, dev, 0.5, 3)}
+
+    def binary(s, dt, dev, **opts):
+        return [_randn(s, dt, dev, 3), (torch.rand(s, device=dev) < 0.3).to(dt)], opts
+
+    def kl(s, dt, dev):
+        return [torch.log_softmax(_randn(s, torch.float32, dev), -1).to(dt),
+                torch.softmax(_randn(s, torch.float32, dev), -1).to(dt)], {}
+
+    return [
+        Case("cross_entropy", F.cross_entropy, TF.cross_entropy, ce, tune_shapes=_ROW_TUNE),
+        Case("cross_entropy (probabilities)", F.cross_entropy, TF.cross_entropy, ce_prob, tune_shapes=_ROW_TUNE),
+        Case("nll_loss", F.nll_loss, TF.nll_loss, nll, tune_shapes=_ROW_TUNE),
+        Case("softmax_focal_loss", F.softmax_focal_loss, Rc.softmax_focal_loss, focal, tune_shapes=_ROW_TUNE),
+        Case("mean_variance_loss", F.mean_variance_loss, Rc.mean_variance_loss, mean_var, tune_shapes=_ROW_TUNE),
+        Case("multi_margin_loss", F.multi_margin_loss, TF.multi_margin_loss, multi_margin, tune_shapes=_ROW_TUNE),
+        Case("multilabel_margin_loss", F.multilabel_margin_loss, TF.multilabel_margin_loss, multilabel,
+             tune_shapes=((256, 80),)),
+        Case("multilabel_soft_margin_loss", F.multilabel_soft_margin_loss, TF.multilabel_soft_margin_loss,
+             soft_multilabel, tune_shapes=_ROW_TUNE),
+        Case("binary_cross_entropy", F.binary_cross_entropy, TF.binary_cross_entropy, probs),
+        Case("binary_cross_entropy_with_logits", F.binary_cross_entropy_with_logits,
+             TF.binary_cross_entropy_with_logits, logits),
+        Case("balanced_binary_cross_entropy_with_logits", F.balanced_binary_cross_entropy_with_logits,
+             Rc.balanced_binary_cross_entropy_with_logits, binary),
+        Case("sigmoid_focal_loss", F.sigmoid_focal_loss, Rc.sigmoid_focal_loss,
+             functools.partial(binary, alpha=0.3, gamma=1.5)),
+        Case("kl_div", F.kl_div, TF.kl_div, kl, reductions=(*_ALL, {"reduction": "batchmean"})),
+        Case("soft_margin_loss", F.soft_margin_loss, TF.soft_margin_loss, signs, grad_args=(0,)),
+        Case("hinge_loss", F.hinge_loss, Rc.hinge_loss, functools.partial(signs, margin=0.5)),
+        Case("perceptron_loss", F.perceptron_loss, Rc.perceptron_loss, signs),
+        Case("exponential_loss", F.exponential_loss, Rc.exponential_loss, signs),
+    ]
+
+
 def overlap_cases() -> list[Case]:
     """`shape` is read as [B, C, *spatial] when it has three dims or more, else as the
     spatial size of a [2, 3, n] input. Tuned at the perf shapes."""
@@ -114,4 +221,4 @@ def overlap_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return regression_cases() + overlap_cases()
+    return regression_cases() + classification_cases() + overlap_cases()
