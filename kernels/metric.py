@@ -1089,3 +1089,180 @@ def triplet_center_backward(x, centers, labels, saved, g, stats, reduce: int, ne
             x, centers, order, start, coef, g, stats, dc, max(B, 1), D, 0.0,
             UPDATE=False, HAS_COEF=True, REDUCE=reduce, BD=_SEGMENT_BD)
     return dx, dc
+
+
+# --- center-invariant loss: 1/4 (norm(c_y)^2 - mean_k norm(c_k)^2)^2 per sample ---------------
+
+@triton.jit
+def _ci_sample_kernel(nsq_ptr, mean_ptr, lab_ptr, g_ptr, stat_ptr, out_ptr, part_ptr, B, C,
+                      BACKWARD: tl.constexpr, REDUCE: tl.constexpr, BLOCK: tl.constexpr):
+    """Forward: the per-sample loss 1/4 e^2, e = nsq[y] - mean (NaN for a label outside
+    [0, C)), stored ("none") or as partial sums. Backward: G = g e / 2 per sample (0 for an
+    out-of-range label) into out, and its partial sums."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < B
+    y = tl.load(lab_ptr + offs, mask=mask, other=0)
+    ok = mask & (y >= 0) & (y < C)
+    e = tl.load(nsq_ptr + tl.where(ok, y, 0), mask=ok, other=0.0) - tl.load(mean_ptr)
+    if BACKWARD:
+        val = tl.where(ok, _grad_scale(g_ptr, stat_ptr, offs, mask, REDUCE) * e * 0.5, 0.0)
+        tl.store(out_ptr + offs, val, mask=mask)
+        tl.store(part_ptr + pid, tl.sum(val, axis=0))
+    else:
+        loss = tl.where(ok, 0.25 * e * e, float("nan"))
+        loss = tl.where(mask, loss, 0.0)
+        if REDUCE == 0:
+            tl.store(out_ptr + offs, loss.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(part_ptr + pid, tl.sum(loss, axis=0))
+
+
+@triton.jit
+def _ci_center_kernel(c_ptr, gs_ptr, total_ptr, order_ptr, start_ptr, dc_ptr, C, D, BD: tl.constexpr):
+    """dc_j = 2 c_j (sum of G over the samples of class j - sum of all G / C)."""
+    j = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BD + tl.arange(0, BD)
+    cm = cols < D
+    s = tl.load(total_ptr) * 0.0
+    for e in range(tl.load(start_ptr + j), tl.load(start_ptr + j + 1)):
+        s += tl.load(gs_ptr + tl.load(order_ptr + e))
+    coef = 2.0 * (s - tl.load(total_ptr) / C)
+    c = tl.load(c_ptr + j * D + cols, mask=cm, other=0.0).to(tl.float32)
+    tl.store(dc_ptr + j * D + cols, (coef * c).to(dc_ptr.dtype.element_ty), mask=cm)
+
+
+_CI_BLOCK = 1024
+
+
+def center_invariant_forward(centers, labels, reduce: int):
+    """Loss ("none": [B]) or the 0-dim mean / sum over B, stats, and (nsq, mean) for the backward."""
+    C, D = centers.shape
+    B = labels.shape[0]
+    dev = centers.device
+    nsq = row_sq_norms(centers)
+    mean = torch.zeros((), dtype=torch.float32, device=dev)
+    if C > 0:
+        _reduce.finish(nsq, C, mean, C, False, MEAN)
+    out = torch.empty((B,) if reduce == NONE else (), dtype=centers.dtype, device=dev)
+    n_part = triton.cdiv(B, _CI_BLOCK)
+    part = _reduce.partials(n_part, False, dev)
+    if B > 0:
+        _ci_sample_kernel[(n_part,)](nsq, mean, labels, nsq, nsq, out, part, B, C, BACKWARD=False, REDUCE=reduce,
+                                     BLOCK=_CI_BLOCK)
+    stats = torch.zeros(2, dtype=torch.float32, device=dev)
+    if reduce != NONE:
+        stats = _reduce.finish(part, n_part, out, B, False, reduce)
+    return out, stats, (nsq, mean)
+
+
+def center_invariant_backward(centers, labels, saved, g, stats, reduce: int):
+    nsq, mean = saved
+    C, D = centers.shape
+    B = labels.shape[0]
+    dev = centers.device
+    dc = torch.empty_like(centers)
+    if C == 0 or D == 0:
+        return dc
+    gs = torch.empty(B, dtype=torch.float32, device=dev)
+    n_part = triton.cdiv(B, _CI_BLOCK)
+    part = _reduce.partials(n_part, False, dev)
+    total = torch.zeros((), dtype=torch.float32, device=dev)
+    if B > 0:
+        _ci_sample_kernel[(n_part,)](nsq, mean, labels, g, stats, gs, part, B, C, BACKWARD=True, REDUCE=reduce,
+                                     BLOCK=_CI_BLOCK)
+        _reduce.finish(part, n_part, total, B, False, SUM)
+    order, start = _segments(labels, C)
+    _ci_center_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](centers, gs, total, order, start, dc, C, D, BD=_SEGMENT_BD)
+    return dc
+
+
+# --- batch contrastive loss: every pair i < j of a batch, no B x B storage --------------------
+
+@triton.jit
+def _bc_pair_tile(x_ptr, lab_ptr, rows, rmask, lab_i, j0, B, D, margin, BM: tl.constexpr, BN: tl.constexpr,
+                  BK: tl.constexpr):
+    """For the tile of pairs (rows, j0 + arange(BN)): the columns, the pair mask (j != i),
+    the exact squared distance, and whether the pair shares a label."""
+    cols = j0 + tl.arange(0, BN).to(tl.int64)
+    cmask = cols < B
+    one = tl.full([BM], 1.0, tl.float32)
+    sq = tl.zeros([BM, BN], tl.float32)
+    for k0 in range(0, D, BK):
+        ks = k0 + tl.arange(0, BK)
+        km = ks < D
+        f_i = _load_rows(x_ptr, rows, rmask, ks, km, D, one)
+        f_j = _load_rows(x_ptr, cols, cmask, ks, km, D, one)
+        sq += tl.sum(_pair_term(f_i[:, None, :], f_j[None, :, :], 0), axis=2)
+    pair = rmask[:, None] & cmask[None, :] & (rows[:, None] != cols[None, :])
+    same = lab_i[:, None] == tl.load(lab_ptr + cols, mask=cmask, other=0)[None, :]
+    return cols, cmask, pair, sq, same
+
+
+@triton.jit
+def _bc_forward_kernel(x_ptr, lab_ptr, part_ptr, B, D, margin, BM: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr):
+    """Partial sum over the pairs (i, j > i) of this block of rows i: 1/2 d^2 for a shared
+    label, 1/2 relu(margin - d)^2 otherwise."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
+    rmask = rows < B
+    lab_i = tl.load(lab_ptr + rows, mask=rmask, other=0)
+    acc = tl.zeros([BM], tl.float32)
+    for j0 in range(pid * BM, B, BN):
+        cols, cmask, pair, sq, same = _bc_pair_tile(x_ptr, lab_ptr, rows, rmask, lab_i, j0, B, D, margin, BM, BN, BK)
+        gap = tl.maximum(margin - tl.sqrt(sq), 0.0)
+        loss = tl.where(same, 0.5 * sq, 0.5 * gap * gap)
+        acc += tl.sum(tl.where(pair & (cols[None, :] > rows[:, None]), loss, 0.0), axis=1)
+    tl.store(part_ptr + pid, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _bc_backward_kernel(x_ptr, lab_ptr, g_ptr, stat_ptr, dx_ptr, B, D, margin, BM: tl.constexpr,
+                        BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    """dx_k = s sum_{j != k} T_kj (x_k - x_j), T = 1 (shared label) or -relu(margin - d)/d
+    (0 at d = 0), s = grad / pairs: one GEMM per block of D; distances recomputed exactly."""
+    rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
+    dcols = tl.program_id(1).to(tl.int64) * BD + tl.arange(0, BD)
+    rmask = rows < B
+    dmask = dcols < D
+    lab_i = tl.load(lab_ptr + rows, mask=rmask, other=0)
+    one_r = tl.full([BM], 1.0, tl.float32)
+    one_c = tl.full([BN], 1.0, tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    rowsum = tl.zeros([BM], tl.float32)
+    for j0 in range(0, B, BN):
+        cols, cmask, pair, sq, same = _bc_pair_tile(x_ptr, lab_ptr, rows, rmask, lab_i, j0, B, D, margin, BM, BN, BK)
+        d = tl.sqrt(sq)
+        inv = tl.where(d > 0, 1.0 / tl.where(d > 0, d, 1.0), 0.0)
+        t = tl.where(pair, tl.where(same, 1.0, -tl.maximum(margin - d, 0.0) * inv), 0.0)
+        rowsum += tl.sum(t, axis=1)
+        acc = tl.dot(t, _load_rows(x_ptr, cols, cmask, dcols, dmask, D, one_c), acc, input_precision="ieee")
+    s = tl.load(g_ptr).to(tl.float32) / tl.maximum(tl.load(stat_ptr), 1.0)
+    dx = s * (rowsum[:, None] * _load_rows(x_ptr, rows, rmask, dcols, dmask, D, one_r) - acc)
+    tl.store(dx_ptr + rows[:, None] * D + dcols[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=rmask[:, None] & dmask[None, :])
+
+
+_BC = {"BM": 32, "BN": 32, "BK": 8}
+
+
+def batch_contrastive_forward(x, labels, margin: float):
+    """The 0-dim mean over pairs (0 without a pair) and stats = [max(pairs, 1), result]."""
+    B, D = x.shape
+    pairs = max(B * (B - 1) // 2, 1)
+    out = torch.empty((), dtype=x.dtype, device=x.device)
+    n_part = triton.cdiv(B, _BC["BM"])
+    part = _reduce.partials(n_part, False, x.device)
+    if B > 0:
+        _bc_forward_kernel[(n_part,)](x, labels, part, B, D, margin, **_BC)
+    return out, _reduce.finish(part, n_part, out, pairs, False, MEAN)
+
+
+def batch_contrastive_backward(x, labels, margin: float, g, stats):
+    B, D = x.shape
+    dx = torch.empty_like(x)
+    if B > 0 and D > 0:
+        _bc_backward_kernel[(triton.cdiv(B, _BC["BM"]), triton.cdiv(D, 32))](
+            x, labels, g, stats, dx, B, D, margin, BD=32, **_BC)
+    return dx

@@ -32,14 +32,16 @@ def _embeddings(name: str, t) -> torch.Tensor:
     return t
 
 
-def _labels(name: str, t, n: int, like: torch.Tensor) -> torch.Tensor:
+def _labels(name: str, t, n: int | None, like: torch.Tensor, like_name: str = "embeddings") -> torch.Tensor:
+    """A 1-D integer tensor (of n entries unless n is None) on `like`'s device."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
-    if t.dim() != 1 or t.shape[0] != n:
-        raise ValueError(f"{name}: expected a 1-D tensor of {n} entries, got shape {tuple(t.shape)}")
-    _validate.same_device(**{"embeddings" if like.dim() == 2 else "input": like, name: t})
+    if t.dim() != 1 or (n is not None and t.shape[0] != n):
+        count = "" if n is None else f" of {n} entries"
+        raise ValueError(f"{name}: expected a 1-D tensor{count}, got shape {tuple(t.shape)}")
+    _validate.same_device(**{like_name: like, name: t})
     return t
 
 
@@ -181,7 +183,7 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
     _validate.reduction(reduction)
     _embeddings("features", features)
     _embeddings("centers", centers)
-    _labels("labels", labels, features.shape[0], features)
+    _labels("labels", labels, features.shape[0], features, "features")
     _validate.same_device(features=features, centers=centers)
     if centers.shape[1] != features.shape[1]:
         raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
@@ -342,7 +344,7 @@ def update_centers(centers: torch.Tensor, features: torch.Tensor, labels: torch.
     and labels outside [0, C) are skipped (with checks on they raise)."""
     _embeddings("centers", centers)
     _embeddings("features", features)
-    _labels("labels", labels, features.shape[0], features)
+    _labels("labels", labels, features.shape[0], features, "features")
     _validate.same_device(features=features, centers=centers)
     if centers.shape[1] != features.shape[1]:
         raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
@@ -386,7 +388,7 @@ def triplet_center_loss(features: torch.Tensor, labels: torch.Tensor, centers: t
     _validate.reduction(reduction)
     _embeddings("features", features)
     _embeddings("centers", centers)
-    _labels("labels", labels, features.shape[0], features)
+    _labels("labels", labels, features.shape[0], features, "features")
     _validate.same_device(features=features, centers=centers)
     if centers.shape[1] != features.shape[1]:
         raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
@@ -397,3 +399,65 @@ def triplet_center_loss(features: torch.Tensor, labels: torch.Tensor, centers: t
     with _runtime.on_device(features):
         return _TripletCenter.apply(features.contiguous(), centers.contiguous(),
                                     labels.to(torch.int64).contiguous(), margin, _REDUCE[reduction])
+
+
+class _CenterInvariant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, centers, labels, reduce):
+        out, stats, saved = K.center_invariant_forward(centers, labels, reduce)
+        ctx.reduce = reduce
+        ctx.save_for_backward(centers, labels, stats, *saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        centers, labels, stats, *saved = ctx.saved_tensors
+        return K.center_invariant_backward(centers, labels, saved, grad.contiguous(), stats, ctx.reduce), None, None
+
+
+def center_invariant_loss(labels: torch.Tensor, centers: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Center-invariant loss (Wu et al. 2017): 1/4 (norm(c_{y_i})^2 - mean_k norm(c_k)^2)^2
+    per sample, the mean over all C centers. Differentiated w.r.t. `centers`. A label
+    outside [0, C) gives NaN for its sample and adds nothing to the gradient (with checks on
+    it raises)."""
+    _validate.reduction(reduction)
+    _embeddings("centers", centers)
+    _labels("labels", labels, None, centers, "centers")
+    _check_label_range(labels, centers.shape[0])
+    if not _runtime.use_kernels(centers):
+        return ref.center_invariant_loss(labels, centers, reduction)
+    with _runtime.on_device(centers):
+        return _CenterInvariant.apply(centers.contiguous(), labels.to(torch.int64).contiguous(), _REDUCE[reduction])
+
+
+class _BatchContrastive(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, labels, margin):
+        out, stats = K.batch_contrastive_forward(x, labels, margin)
+        ctx.margin = margin
+        ctx.save_for_backward(x, labels, stats)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, labels, stats = ctx.saved_tensors
+        return K.batch_contrastive_backward(x, labels, ctx.margin, grad.contiguous(), stats), None, None
+
+
+def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """`contrastive_loss` over every pair i < j of a batch, the target being whether the
+    labels match: the mean over the B (B - 1) / 2 pairs of 1/2 d^2 (same label) or
+    1/2 max(0, margin - d)^2 (different), d = norm(x_i - x_j) computed exactly from the rows.
+    Fused: tiles of pairs, no B x B tensor in the forward or the backward (a GEMM over tiles
+    of pairs whose distances are recomputed). Same eps policy as `contrastive_loss` (the
+    gradient direction is 0 at d = 0); fewer than two samples give 0 attached to the graph.
+    """
+    _embeddings("embeddings", embeddings)
+    _labels("labels", labels, embeddings.shape[0], embeddings)
+    margin = _validate.number("margin", margin, low=0.0)
+    if not _runtime.use_kernels(embeddings):
+        return ref.batch_contrastive_loss(embeddings, labels, margin)
+    with _runtime.on_device(embeddings):
+        return _BatchContrastive.apply(embeddings.contiguous(), labels.to(torch.int64).contiguous(), margin)

@@ -108,3 +108,17 @@ def triplet_center_loss(features, labels, centers, margin=1.0, reduction="mean")
     own = d.gather(1, labels[:, None])[:, 0]
     other = d.scatter(1, labels[:, None], float("inf")).min(1).values
     return _reduce(F.relu(own + margin - other), reduction)
+
+
+def center_invariant_loss(labels, centers, reduction="mean"):
+    nsq = (centers * centers).sum(1)
+    return _reduce(0.25 * (nsq[labels] - nsq.mean()) ** 2, reduction)
+
+
+def batch_contrastive_loss(embeddings, labels, margin=1.0):
+    B = embeddings.shape[0]
+    i, j = torch.triu_indices(B, B, 1, device=embeddings.device)
+    sq = ((embeddings[i] - embeddings[j]) ** 2).sum(-1)
+    d = _safe_sqrt(sq)
+    loss = torch.where(labels[i] == labels[j], 0.5 * sq, 0.5 * F.relu(margin - d) ** 2)
+    return loss.sum() / max(len(loss), 1)
