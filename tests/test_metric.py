@@ -265,6 +265,59 @@ def test_center_loss_module():
     assert_close(m.centers, R.update_centers(before.double(), x.double(), y, 0.5), torch.float32)
 
 
+# --- triplet-center, center-invariant, batch contrastive ------------------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("num_classes", [1, 7, 40])
+def test_triplet_center_loss(reduction, num_classes):
+    """C = 40 > one 32-center tile; C = 1 has no other center (loss 0)."""
+    gen = torch.Generator().manual_seed(22)
+    x, c = torch.randn(19, 45, generator=gen), torch.randn(num_classes, 45, generator=gen) * 0.7
+    labels = torch.randint(0, num_classes, (19,), generator=gen)
+    _compare(lambda f, y, cc: tritonloss.triplet_center_loss(f, y, cc, margin=20.0, reduction=reduction),
+             lambda f, y, cc: R.triplet_center_loss(f, y, cc, 20.0, reduction), [x, labels, c], what="tcl")
+
+
+def test_triplet_center_loss_mixed_dtypes_and_module():
+    """fp16 features with fp32 centers (a module's Parameter): each gradient in its dtype."""
+    torch.manual_seed(23)
+    m = tnn.TripletCenterLoss(6, 24, margin=5.0).to(DEVICE)
+    assert [n for n, _ in m.named_parameters()] == ["centers"]
+    x = padded(torch.randn(10, 24).half().to(DEVICE))
+    y = torch.randint(0, 6, (10,), device=DEVICE)
+    out = m(x, y)
+    gx, gc = torch.autograd.grad(out, [x, m.centers])
+    assert out.dtype == torch.float16 and gx.dtype == torch.float16 and gc.dtype == torch.float32
+    rx, rc = x.detach().double().cpu().requires_grad_(), m.centers.detach().double().cpu().requires_grad_()
+    ref = R.triplet_center_loss(rx, y.cpu(), rc, 5.0)
+    rgx, rgc = torch.autograd.grad(ref, [rx, rc])
+    assert_close(out, ref, torch.float16)
+    assert_close(gx, rgx, torch.float16)
+    assert_close(gc, rgc, torch.float16)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_center_invariant_loss(reduction):
+    gen = torch.Generator().manual_seed(24)
+    c = torch.randn(9, 30, generator=gen) * (torch.rand(9, 1, generator=gen) + 0.5)
+    labels = torch.randint(0, 7, (25,), generator=gen)
+    _compare(lambda y, cc: tritonloss.center_invariant_loss(y, cc, reduction),
+             lambda y, cc: R.center_invariant_loss(y, cc, reduction), [labels, c], what="cil")
+
+
+@pytest.mark.parametrize("sizes,D", [([1], 5), ([1, 1], 5), ([3, 1, 6, 2, 5, 4], 19), ([5] * 8, 45)])
+def test_batch_contrastive_loss(sizes, D):
+    """One sample (no pair: 0), two, variable K, and B = 40 > a 32-row tile; a duplicated
+    pair with different labels (d = 0) keeps finite gradients."""
+    x, labels = _pk_batch(sizes, D, seed=25)
+    if len(labels) > 10:
+        x[5] = x[3]
+        labels[5], labels[3] = 100, 101
+    out, (g,) = _compare(lambda e, y: tritonloss.batch_contrastive_loss(e, y, margin=6.0),
+                         lambda e, y: R.batch_contrastive_loss(e, y, 6.0), [x, labels], what="bcl")
+    assert torch.isfinite(g).all() and out.requires_grad
+
+
 # --- torch pair losses -------------------------------------------------------------------------
 
 def _rows(n=13, d=37, seed=13, k=3):
@@ -393,6 +446,12 @@ Y4 = torch.tensor([0, 0, 1, 1])
     (lambda: tritonloss.ring_loss(_x(), torch.ones(2, device=DEVICE)), ValueError, "radius"),
     (lambda: tritonloss.margin_ranking_loss(_x(), _x(), _x().long()), TypeError, "target"),
     (lambda: tritonloss.hinge_embedding_loss(_x().long(), _x()), TypeError, "input"),
+    (lambda: tritonloss.triplet_center_loss(_x(), Y4.to(DEVICE), _x(5, 3), margin=-1.0), ValueError, "margin"),
+    (lambda: tritonloss.triplet_center_loss(_x(), Y4.to(DEVICE), _x(5, 2)), ValueError, "centers"),
+    (lambda: tritonloss.center_invariant_loss(Y4.float().to(DEVICE), _x(5, 3)), TypeError, "labels"),
+    (lambda: tritonloss.center_invariant_loss(Y4.to(DEVICE), _x(5, 3)[0]), ValueError, "centers"),
+    (lambda: tritonloss.batch_contrastive_loss(_x(), Y4[:3].to(DEVICE)), ValueError, "labels"),
+    (lambda: tritonloss.batch_contrastive_loss(_x(), Y4.to(DEVICE), margin=-2.0), ValueError, "margin"),
 ])
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -406,6 +465,7 @@ MODULES = [
     (tnn.HingeEmbeddingLoss, torch.nn.HingeEmbeddingLoss, "hinge_embedding_loss"),
     (tnn.TripletLoss, None, "triplet_loss"),
     (tnn.ContrastiveLoss, None, "contrastive_loss"),
+    (tnn.BatchContrastiveLoss, None, "batch_contrastive_loss"),
 ]
 
 

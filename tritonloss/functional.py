@@ -29,12 +29,15 @@ from .classification import (
     softmax_focal_loss,
 )
 from .metric import (
+    batch_contrastive_loss,
+    center_invariant_loss,
     center_loss,
     contrastive_loss,
     cosine_embedding_loss,
     hinge_embedding_loss,
     margin_ranking_loss,
     ring_loss,
+    triplet_center_loss,
     triplet_loss,
     triplet_margin_loss,
 )
@@ -104,4 +107,7 @@ __all__ = [
     "ring_loss",
     "triplet_loss",
     "triplet_margin_loss",
+    "batch_contrastive_loss",
+    "center_invariant_loss",
+    "triplet_center_loss",
 ]

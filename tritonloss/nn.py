@@ -161,6 +161,28 @@ class ContrastiveLoss(torch.nn.Module):
         return F.contrastive_loss(x1, x2, target, self.margin, self.reduction)
 
 
+class BatchContrastiveLoss(torch.nn.Module):
+    def __init__(self, margin: float = 1.0):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, embeddings, labels):
+        return F.batch_contrastive_loss(embeddings, labels, self.margin)
+
+
+class TripletCenterLoss(torch.nn.Module):
+    """Triplet-center loss with the centers as a Parameter [num_classes, feat_dim] (standard
+    normal at construction), learned by the optimiser."""
+
+    def __init__(self, num_classes: int, feat_dim: int, margin: float = 1.0, reduction: str = "mean"):
+        super().__init__()
+        self.margin, self.reduction = margin, reduction
+        self.centers = torch.nn.Parameter(torch.randn(num_classes, feat_dim))
+
+    def forward(self, features, labels):
+        return F.triplet_center_loss(features, labels, self.centers, self.margin, self.reduction)
+
+
 class CenterLoss(torch.nn.Module):
     """Center loss with the centers as a buffer [num_classes, feat_dim] (standard normal at
     construction), moved by `update_centers` (Wen et al.'s rule), not by the optimiser."""
