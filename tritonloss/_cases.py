@@ -246,5 +246,90 @@ def boxes_cases() -> list[Case]:
     ]
 
 
+def metric_cases() -> list[Case]:
+    """`shape` is read as [B, D] (B = shape[0], D = shape[-1], a 1-D shape giving B = D):
+    embeddings of B samples in identities of 4, shuffled; 2-D pair losses on [B, D] rows.
+    Tuned at the perf shapes of the issue (B = 4096, D = 512)."""
+    from .reference import metric as Rm
+
+    tune = ((4096, 512),)
+
+    def dims(s):
+        return s[0], s[-1]
+
+    def identities(B, dev, k=4):
+        return (torch.arange(B, device=dev) // k)[torch.randperm(B, device=dev)]
+
+    def mined(**opts):
+        def make(s, dt, dev):
+            B, D = dims(s)
+            return [_randn((B, D), dt, dev), identities(B, dev)], opts
+        return make
+
+    def rows(n, **opts):
+        def make(s, dt, dev):
+            B, D = dims(s)
+            return [_randn((B, D), dt, dev) for _ in range(n)], opts
+        return make
+
+    def targeted(values, **opts):
+        def make(s, dt, dev):
+            B, D = dims(s)
+            t = torch.tensor(values, device=dev)[torch.randint(0, len(values), (B,), device=dev)]
+            return [_randn((B, D), dt, dev), _randn((B, D), dt, dev), t], opts
+        return make
+
+    def centered(s, dt, dev):
+        B, D = dims(s)
+        C = max(B // 4, 2)
+        return [_randn((B, D), dt, dev), torch.randint(0, C, (B,), device=dev), _randn((C, D), dt, dev)], {}
+
+    def ring(s, dt, dev):
+        B, D = dims(s)
+        return [_randn((B, D), dt, dev), _rand((1,), dt, dev, 0.5 * D**0.5, 1.5 * D**0.5)], {}
+
+    def ranking(s, dt, dev):
+        B, D = dims(s)
+        return [_randn((B, D), dt, dev), _randn((B, D), dt, dev), torch.randn(B, D, device=dev).sign().to(dt)], {}
+
+    def hinge(s, dt, dev):
+        B, D = dims(s)
+        return [_randn((B, D), dt, dev), torch.randint(-1, 2, (B, D), device=dev).to(dt)], {"margin": 0.5}
+
+    def invariant(s, dt, dev):
+        B, D = dims(s)
+        C = max(B // 4, 2)
+        return [torch.randint(0, C, (B,), device=dev), _randn((C, D), dt, dev)], {}
+
+    return [
+        Case("triplet_loss", F.triplet_loss, Rm.triplet_loss, mined(margin=0.5), tune_shapes=tune),
+        Case("triplet_loss[batch_all]", F.triplet_loss, Rm.triplet_loss, mined(mining="batch_all", normalize=True),
+             tune_shapes=tune),
+        Case("triplet_margin_loss", F.triplet_margin_loss, TF.triplet_margin_loss, rows(3, swap=True),
+             tune_shapes=tune),
+        Case("contrastive_loss", F.contrastive_loss, Rm.contrastive_loss, targeted([0, 1], margin=2 * 16**0.5),
+             tune_shapes=tune),
+        Case("batch_contrastive_loss", F.batch_contrastive_loss, Rm.batch_contrastive_loss,
+             mined(margin=2 * 16**0.5), reductions=({},), tune_shapes=((1024, 128),)),
+        Case("center_loss", F.center_loss, Rm.center_loss, centered, tune_shapes=tune),
+        Case("center_invariant_loss", F.center_invariant_loss, Rm.center_invariant_loss, invariant,
+             tune_shapes=tune),
+        Case("ring_loss", F.ring_loss, Rm.ring_loss, ring, tune_shapes=tune),
+        Case("triplet_center_loss", F.triplet_center_loss, Rm.triplet_center_loss, centered, tune_shapes=tune),
+        Case("cosine_embedding_loss", F.cosine_embedding_loss, TF.cosine_embedding_loss,
+             targeted([1, -1, 0], margin=0.2), tune_shapes=tune),
+        Case("margin_ranking_loss", F.margin_ranking_loss, TF.margin_ranking_loss, ranking),
+        Case("hinge_embedding_loss", F.hinge_embedding_loss, TF.hinge_embedding_loss, hinge, grad_args=(0,)),
+    ]
+
+
+def family_cases(family: str) -> list[Case]:
+    """The cases of one family, by its module name (regression, classification, ...)."""
+    make = globals().get(f"{family}_cases")
+    if make is None:
+        raise ValueError(f"family: expected one of the families with cases, got {family!r}")
+    return make()
+
+
 def all_cases() -> list[Case]:
-    return regression_cases() + classification_cases() + overlap_cases() + boxes_cases()
+    return regression_cases() + classification_cases() + overlap_cases() + boxes_cases() + metric_cases()

@@ -27,7 +27,7 @@ def _max_rel_err(got, ref) -> float:
     return float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
 
 
-def check(quick: bool) -> int:
+def check(quick: bool, family: str | None = None) -> int:
     import warnings
 
     import torch
@@ -47,7 +47,7 @@ def check(quick: bool) -> int:
     failed = 0
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    for case in _cases.all_cases():
+    for case in _cases.family_cases(family) if family else _cases.all_cases():
         worst_f = worst_g = 0.0
         for dtype in dtypes:
             for shape in shapes:
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions and the execution path on this machine")
     p_check = sub.add_parser("check", help="every loss against its float64 reference")
     p_check.add_argument("--quick", action="store_true", help="fewer shapes, fp32 only")
+    p_check.add_argument("--family", help="only this family (regression, classification, ...)")
     sub.add_parser("tune", help="autotune the kernels on this GPU, write kernels/tuned/<gpu>.json")
     args = parser.parse_args(argv)
     if args.command == "check":
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             env = dict(os.environ, TRITON_INTERPRET="1")
             argv = sys.argv[1:] if argv is None else argv
             os.execve(sys.executable, [sys.executable, "-m", "tritonloss.cli", *argv], env)
-        return check(args.quick)
+        return check(args.quick, args.family)
     return tune() if args.command == "tune" else info()
 
 
