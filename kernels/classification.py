@@ -638,3 +638,347 @@ def row_backward(space, x, t, w, g, red, stats, reduce, C, S, scalars, flags, ne
     key = _row_key(flags["LOSS"], reduce, R, C, S, x) + (need_t,)
     launch(_tuning.pick(space, key, E._device_name(x), launch))
     return dx, dt
+
+
+# ---------------------------------------------------------------------------------------
+# dense-detection ranking losses (dr_loss, ap_loss)
+#
+# input x: contiguous [N, C] logits seen flat (sample e = anchor e // C, class e % C + 1),
+# target t: [N] int64, 0 background, k in 1..C positive for class k, -1 ignored. A sample
+# of a non-ignored anchor is positive when its class is the anchor's label, else negative.
+# Labels are only compared, never used as addresses.
+
+
+@triton.jit
+def _detection_samples(x_ptr, t_ptr, offs, n, C):
+    """For flat samples `offs`: (valid = in range and not ignored, positive, negative, bad
+    label, fp32 logit; 0 where not valid, so NaN in ignored rows never enters)."""
+    m = offs < n
+    row = offs // C
+    cls = offs - row * C + 1
+    t = tl.load(t_ptr + row, mask=m, other=-1)
+    valid = m & (t != -1)
+    pos = valid & (t == cls)
+    neg = valid & (t != cls)
+    bad = m & ((t < -1) | (t > C))
+    x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    return valid, pos, neg, bad, x, row
+
+
+@triton.jit
+def _online_part(sel, z, p):
+    """Softmax partials of the selected z: (max, sum e^(z - max), sum e^(z - max) p)."""
+    zs = tl.where(sel, z, float("-inf"))
+    m = tl.max(zs, axis=0)
+    m_ref = tl.where(m == float("-inf"), 0.0, m)
+    e = tl.where(sel, tl.exp2((zs - m_ref) * _LOG2E), 0.0)
+    return m, tl.sum(e, axis=0), tl.sum(tl.where(sel, e * p, 0.0), axis=0)
+
+
+@triton.jit
+def _dr_partial_kernel(x_ptr, t_ptr, part_ptr, n, C, inv_neg, inv_pos, BLOCK: tl.constexpr):
+    """One BLOCK of samples -> 9 partials (planar, n_part apart): for the negatives (z = p /
+    neg_lambda) and positives (z = -p / pos_lambda) the online-softmax (max, sum, weighted
+    sum of p), then the counts of negatives, positives and bad-label samples."""
+    pid = tl.program_id(0)
+    n_part = tl.num_programs(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid, pos, neg, bad, x, _ = _detection_samples(x_ptr, t_ptr, offs, n, C)
+    p, _ = _sigmoid_pair(x)
+    mn, sn, an = _online_part(neg, p * inv_neg, p)
+    mp, sp, ap = _online_part(pos, -p * inv_pos, p)
+    tl.store(part_ptr + pid, mn)
+    tl.store(part_ptr + n_part + pid, sn)
+    tl.store(part_ptr + 2 * n_part + pid, an)
+    tl.store(part_ptr + 3 * n_part + pid, mp)
+    tl.store(part_ptr + 4 * n_part + pid, sp)
+    tl.store(part_ptr + 5 * n_part + pid, ap)
+    tl.store(part_ptr + 6 * n_part + pid, tl.sum(neg.to(tl.float32), axis=0))
+    tl.store(part_ptr + 7 * n_part + pid, tl.sum(pos.to(tl.float32), axis=0))
+    tl.store(part_ptr + 8 * n_part + pid, tl.sum(bad.to(tl.float32), axis=0))
+
+
+@triton.jit
+def _merge_parts(part_ptr, n_part, k0, BLOCK: tl.constexpr):
+    """Merge the online-softmax partials stored at rows k0 .. k0 + 2 in a fixed order:
+    (global max (0 if none), sum e^(z - max), sum e^(z - max) p)."""
+    idx = tl.arange(0, BLOCK)
+    mx = tl.full([BLOCK], float("-inf"), tl.float32)
+    for start in range(0, n_part, BLOCK):
+        mi = tl.load(part_ptr + k0 * n_part + start + idx, mask=start + idx < n_part, other=float("-inf"))
+        mx = tl.maximum(mx, mi)
+    m = tl.max(mx, axis=0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    s = tl.zeros([BLOCK], tl.float32)
+    a = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_part, BLOCK):
+        msk = start + idx < n_part
+        mi = tl.load(part_ptr + k0 * n_part + start + idx, mask=msk, other=float("-inf"))
+        f = tl.where(mi == float("-inf"), 0.0, tl.exp2((mi - m) * _LOG2E))
+        s += f * tl.load(part_ptr + (k0 + 1) * n_part + start + idx, mask=msk, other=0.0)
+        a += f * tl.load(part_ptr + (k0 + 2) * n_part + start + idx, mask=msk, other=0.0)
+    return m, tl.sum(s, axis=0), tl.sum(a, axis=0)
+
+
+@triton.jit
+def _part_total(part_ptr, n_part, k0, BLOCK: tl.constexpr):
+    idx = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_part, BLOCK):
+        acc += tl.load(part_ptr + k0 * n_part + start + idx, mask=start + idx < n_part, other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _dr_finish_kernel(part_ptr, out_ptr, stat_ptr, n_part, margin, L, tau, BLOCK: tl.constexpr):
+    """P- = sum q- p (0 without negatives), P+ = sum q+ p (1 without positives), loss =
+    tau / L softplus(L (P- - P+ + margin)); NaN with a bad label. stats: [max-, sum-, P-,
+    max+, sum+, P+, dloss/d(P- - P+)]."""
+    mn, sn, an = _merge_parts(part_ptr, n_part, 0, BLOCK)
+    mp, sp, ap = _merge_parts(part_ptr, n_part, 3, BLOCK)
+    n_neg = _part_total(part_ptr, n_part, 6, BLOCK)
+    n_pos = _part_total(part_ptr, n_part, 7, BLOCK)
+    n_bad = _part_total(part_ptr, n_part, 8, BLOCK)
+    pn = tl.where(n_neg > 0, an / sn, 0.0)
+    pp = tl.where(n_pos > 0, ap / sp, 1.0)
+    z = L * (pn - pp + margin)
+    nan_if_bad = tl.where(n_bad > 0, float("nan"), 1.0)
+    loss = tau / L * _math.softplus(z) * nan_if_bad
+    dz = tau * (1.0 / (1.0 + _math.exp(-z))) * nan_if_bad
+    tl.store(stat_ptr, mn)
+    tl.store(stat_ptr + 1, sn)
+    tl.store(stat_ptr + 2, pn)
+    tl.store(stat_ptr + 3, mp)
+    tl.store(stat_ptr + 4, sp)
+    tl.store(stat_ptr + 5, pp)
+    tl.store(stat_ptr + 6, dz)
+    tl.store(out_ptr, loss.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _dr_backward_kernel(x_ptr, t_ptr, g_ptr, stat_ptr, dx_ptr, n, C, inv_neg, inv_pos, BLOCK: tl.constexpr):
+    """dP-/dp_j = q_j (1 + (p_j - P-) / neg_lambda), dP+/dp_i = q_i (1 - (p_i - P+) / pos_lambda),
+    times p (1 - p) and g dloss/d(P- - P+) (minus for positives); 0 for ignored anchors."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid, pos, neg, bad, x, _ = _detection_samples(x_ptr, t_ptr, offs, n, C)
+    mn = tl.load(stat_ptr)
+    sn = tl.load(stat_ptr + 1)
+    pn = tl.load(stat_ptr + 2)
+    mp = tl.load(stat_ptr + 3)
+    sp = tl.load(stat_ptr + 4)
+    pp = tl.load(stat_ptr + 5)
+    g = tl.load(g_ptr).to(tl.float32) * tl.load(stat_ptr + 6)
+    p, r = _sigmoid_pair(x)
+    qn = tl.exp2((p * inv_neg - mn) * _LOG2E) / sn
+    qp = tl.exp2((-p * inv_pos - mp) * _LOG2E) / sp
+    d = tl.where(neg, qn * (1.0 + (p - pn) * inv_neg), -qp * (1.0 - (p - pp) * inv_pos))
+    d = tl.where(valid, g * d * (p * r), 0.0)
+    tl.store(dx_ptr + offs, d.to(dx_ptr.dtype.element_ty), mask=offs < n)
+
+
+_FLAT_SPACE = [{"BLOCK": b, "num_warps": w, "num_stages": 1} for b in (1024, 2048, 4096, 8192) for w in (4, 8)]
+_FLAT_DEFAULT = {"BLOCK": 1024, "num_warps": 4, "num_stages": 1}
+DR_FORWARD_SPACE = _tuning.Space("classification.dr_forward", _dr_partial_kernel, _FLAT_SPACE, _FLAT_DEFAULT)
+DR_BACKWARD_SPACE = _tuning.Space("classification.dr_backward", _dr_backward_kernel, _FLAT_SPACE, _FLAT_DEFAULT)
+_FINISH_BLOCK = 1024
+
+
+def _detection_key(x) -> tuple:
+    N, C = x.shape
+    return (_tuning.bucket(N), _tuning.bucket(C), str(x.dtype).removeprefix("torch."))
+
+
+def dr_forward(x, t, margin, pos_lambda, neg_lambda, L, tau):
+    """x contiguous [N, C], t int64 [N]: (0-dim loss in x's dtype, fp32 stats [7])."""
+    n = x.numel()
+    out = torch.empty((), dtype=x.dtype, device=x.device)
+    stats = torch.empty(7, dtype=torch.float32, device=x.device)
+    parts = {}
+
+    def launch(c):
+        n_part = triton.cdiv(n, c["BLOCK"])
+        if n_part not in parts:
+            parts[n_part] = torch.empty(9 * n_part, dtype=torch.float32, device=x.device)
+        _dr_partial_kernel[(n_part,)](x, t, parts[n_part], n, x.shape[1], 1.0 / neg_lambda, 1.0 / pos_lambda,
+                                      **c)
+        return parts[n_part], n_part
+
+    part, n_part = torch.zeros(9, dtype=torch.float32, device=x.device), 0
+    if n > 0:
+        part, n_part = launch(_tuning.pick(DR_FORWARD_SPACE, _detection_key(x), E._device_name(x), launch))
+    _dr_finish_kernel[(1,)](part, out, stats, n_part, margin, L, tau, BLOCK=_FINISH_BLOCK)
+    return out, stats
+
+
+def dr_backward(x, t, g, stats, pos_lambda, neg_lambda):
+    n = x.numel()
+    dx = torch.empty_like(x)
+
+    def launch(c):
+        _dr_backward_kernel[(triton.cdiv(n, c["BLOCK"]),)](x, t, g, stats, dx, n, x.shape[1], 1.0 / neg_lambda,
+                                                           1.0 / pos_lambda, **c)
+
+    if n > 0:
+        launch(_tuning.pick(DR_BACKWARD_SPACE, _detection_key(x), E._device_name(x), launch))
+    return dx
+
+
+@triton.jit
+def _step(s, si, inv2d):
+    """AP-loss's H(s - si) = clamp((s - si) / (2 delta) + 1/2, 0, 1), NaN in NaN out."""
+    u = (s - si) * inv2d + 0.5
+    return tl.where(u < 0.0, 0.0, tl.where(u > 1.0, 1.0, u))
+
+
+@triton.jit
+def _positives(x_ptr, pidx_ptr, i, count):
+    """Positive slots `i` (compacted, the first `count`): (mask, flat sample index, fp32 score)."""
+    im = i < count
+    pi = tl.load(pidx_ptr + i, mask=im, other=0)
+    si = tl.load(x_ptr + pi, mask=im, other=0.0).to(tl.float32)
+    return im, pi, si
+
+
+@triton.jit
+def _ap_rank_kernel(x_ptr, t_ptr, pidx_ptr, cnt_ptr, part_ptr, n, N, C, chunk, inv2d,
+                    BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Program (b, k): positives b BLOCK_P .. (b + 1) BLOCK_P against the samples of split
+    k (`chunk` samples). Writes, per positive i, sum_{j neg} H(s_j - s_i) to part[k, i] and
+    sum_{valid k' != i} H(s_k' - s_i) to part[n_split + k, i] (rows of N). Blocks past the
+    device-side positive count run no iteration."""
+    b = tl.program_id(0)
+    k = tl.program_id(1)
+    n_split = tl.num_programs(1)
+    count = tl.load(cnt_ptr)
+    i = b * BLOCK_P + tl.arange(0, BLOCK_P)
+    im, pi, si = _positives(x_ptr, pidx_ptr, i, count)
+    lo = k.to(tl.int64) * chunk
+    hi = tl.minimum(lo + chunk, n)
+    hi = tl.where(b * BLOCK_P < count, hi, lo)
+    rank_neg = tl.zeros([BLOCK_P], tl.float32)
+    rank_all = tl.zeros([BLOCK_P], tl.float32)
+    for s0 in range(lo, hi, BLOCK_S):
+        offs = s0 + tl.arange(0, BLOCK_S)
+        valid, pos, neg, bad, s, _ = _detection_samples(x_ptr, t_ptr, offs, hi, C)
+        h = _step(s[None, :], si[:, None], inv2d)
+        rank_neg += tl.sum(tl.where(neg[None, :], h, 0.0), axis=1)
+        rank_all += tl.sum(tl.where(valid[None, :] & (offs[None, :] != pi[:, None]), h, 0.0), axis=1)
+    tl.store(part_ptr + k * N + i, rank_neg, mask=im)
+    tl.store(part_ptr + (n_split + k) * N + i, rank_all, mask=im)
+
+
+@triton.jit
+def _ap_finish_kernel(part_ptr, pidx_ptr, cnt_ptr, bad_ptr, ratio_ptr, invd_ptr, lpart_ptr, N, C, n_split,
+                      BLOCK: tl.constexpr):
+    """Per positive i: D_i = 1 + sum_{k != i} H(s_k - s_i), r_i = sum_j L_ij = (sum_{j neg} H) / D_i.
+    Stores 1 / D_i (by slot) and r_i (by anchor), and this block's partial sums of r and of
+    the positive count (block 0 counts at least 1, so no positive gives 0 / 1 = 0); both
+    NaN with a bad label."""
+    pid = tl.program_id(0)
+    n_part = tl.num_programs(0)
+    count = tl.load(cnt_ptr)
+    i = pid * BLOCK + tl.arange(0, BLOCK)
+    im = i < count
+    rank_neg = tl.zeros([BLOCK], tl.float32)
+    rank_all = tl.zeros([BLOCK], tl.float32)
+    for k in range(0, n_split):
+        rank_neg += tl.load(part_ptr + k * N + i, mask=im, other=0.0)
+        rank_all += tl.load(part_ptr + (n_split + k) * N + i, mask=im, other=0.0)
+    inv_d = 1.0 / (1.0 + rank_all)
+    r = rank_neg * inv_d
+    pi = tl.load(pidx_ptr + i, mask=im, other=0)
+    tl.store(invd_ptr + i, inv_d, mask=im)
+    tl.store(ratio_ptr + pi // C, r, mask=im)
+    n_here = tl.sum(im.to(tl.float32), axis=0)
+    if pid == 0:
+        n_here = tl.maximum(n_here, 1.0)
+    nan_if_bad = tl.where(tl.load(bad_ptr) != 0, float("nan"), 1.0)
+    tl.store(lpart_ptr + pid, tl.sum(tl.where(im, r, 0.0), axis=0) * nan_if_bad)
+    tl.store(lpart_ptr + n_part + pid, n_here * nan_if_bad)
+
+
+@triton.jit
+def _ap_backward_kernel(x_ptr, t_ptr, pidx_ptr, cnt_ptr, invd_ptr, ratio_ptr, g_ptr, red_ptr, dx_ptr, n, C,
+                        inv2d, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The error-driven update times g / |P|: negative j gets sum_i L_ij = sum_i H(s_j - s_i) / D_i
+    (a loop over the compacted positives, bounded by the device-side count), positive i gets
+    -r_i, ignored anchors 0."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    valid, pos, neg, bad, s, row = _detection_samples(x_ptr, t_ptr, offs, n, C)
+    count = tl.load(cnt_ptr)
+    acc = tl.zeros([BLOCK_S], tl.float32)
+    for p0 in range(0, count, BLOCK_P):
+        i = p0 + tl.arange(0, BLOCK_P)
+        im, pi, si = _positives(x_ptr, pidx_ptr, i, count)
+        inv_d = tl.load(invd_ptr + i, mask=im, other=0.0)
+        h = _step(s[None, :], si[:, None], inv2d)
+        acc += tl.sum(tl.where(im[:, None], h * inv_d[:, None], 0.0), axis=0)
+    g = tl.load(g_ptr).to(tl.float32) / tl.load(red_ptr)
+    r = tl.load(ratio_ptr + row, mask=pos, other=0.0)
+    d = tl.where(neg, g * acc, tl.where(pos, -g * r, 0.0))
+    tl.store(dx_ptr + offs, d.to(dx_ptr.dtype.element_ty), mask=offs < n)
+
+
+_AP_RANK_SPACE = [{"BLOCK_P": p, "BLOCK_S": s, "SPLIT": k, "num_warps": w, "num_stages": 1}
+                  for p in (32, 64) for s in (128, 256) for k in (16, 64) for w in (4, 8)]
+_AP_RANK_DEFAULT = {"BLOCK_P": 32, "BLOCK_S": 256, "SPLIT": 32, "num_warps": 4, "num_stages": 1}
+_AP_BACKWARD_SPACE = [{"BLOCK_P": p, "BLOCK_S": s, "num_warps": w, "num_stages": 1}
+                      for p in (16, 32, 64) for s in (128, 256, 512) for w in (4, 8)]
+_AP_BACKWARD_DEFAULT = {"BLOCK_P": 32, "BLOCK_S": 256, "num_warps": 4, "num_stages": 1}
+AP_RANK_SPACE = _tuning.Space("classification.ap_rank", _ap_rank_kernel, _AP_RANK_SPACE, _AP_RANK_DEFAULT)
+AP_BACKWARD_SPACE = _tuning.Space("classification.ap_backward", _ap_backward_kernel, _AP_BACKWARD_SPACE,
+                                  _AP_BACKWARD_DEFAULT)
+
+
+def ap_forward(x, t, delta):
+    """x contiguous [N, C], t int64 [N]. Positives are compacted on the device (a stable sort
+    of the anchors by "has a positive"; their count stays a device tensor). Returns (0-dim
+    loss, saved = (pidx, count, 1/D by slot, r by anchor, reduce stats [|P| or 1, loss]))."""
+    N, C = x.shape
+    n = x.numel()
+    dev = x.device
+    pos = (t >= 1) & (t <= C)
+    count = pos.sum(dtype=torch.int32).reshape(1)
+    bad = ((t < -1) | (t > C)).any().to(torch.int32).reshape(1)
+    anchors = torch.argsort((~pos).to(torch.uint8), stable=True)
+    pidx = anchors * C + (t[anchors] - 1).clamp(0, C - 1)
+    ratio = torch.empty(N, dtype=torch.float32, device=dev)
+    invd = torch.empty(N, dtype=torch.float32, device=dev)
+    out = torch.empty((), dtype=x.dtype, device=dev)
+    n_lpart = triton.cdiv(N, _FINISH_BLOCK)
+    lpart = _reduce.partials(n_lpart, True, dev)
+    parts = {}
+
+    def launch(c):
+        n_split = max(1, min(c["SPLIT"], triton.cdiv(n, c["BLOCK_S"])))
+        chunk = triton.cdiv(triton.cdiv(n, n_split), c["BLOCK_S"]) * c["BLOCK_S"]
+        if n_split not in parts:
+            parts[n_split] = torch.empty(2 * n_split * N, dtype=torch.float32, device=dev)
+        grid = (triton.cdiv(N, c["BLOCK_P"]), n_split)
+        _ap_rank_kernel[grid](x, t, pidx, count, parts[n_split], n, N, C, chunk, 0.5 / delta,
+                              BLOCK_P=c["BLOCK_P"], BLOCK_S=c["BLOCK_S"], num_warps=c["num_warps"],
+                              num_stages=c["num_stages"])
+        return parts[n_split], n_split
+
+    if N > 0:
+        part, n_split = launch(_tuning.pick(AP_RANK_SPACE, _detection_key(x), E._device_name(x), launch))
+        _ap_finish_kernel[(n_lpart,)](part, pidx, count, bad, ratio, invd, lpart, N, C, n_split,
+                                      BLOCK=_FINISH_BLOCK)
+    red = _reduce.finish(lpart, n_lpart, out, 1.0, n_lpart > 0, MEAN)
+    return out, (pidx, count, invd, ratio, red)
+
+
+def ap_backward(x, t, g, saved, delta):
+    pidx, count, invd, ratio, red = saved
+    n = x.numel()
+    dx = torch.empty_like(x)
+
+    def launch(c):
+        _ap_backward_kernel[(triton.cdiv(n, c["BLOCK_S"]),)](x, t, pidx, count, invd, ratio, g, red, dx, n,
+                                                             x.shape[1], 0.5 / delta, **c)
+
+    if n > 0:
+        launch(_tuning.pick(AP_BACKWARD_SPACE, _detection_key(x), E._device_name(x), launch))
+    return dx

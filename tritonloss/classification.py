@@ -404,3 +404,106 @@ def exponential_loss(input: torch.Tensor, target: torch.Tensor, reduction: str =
     """AdaBoost's exp(-y x)."""
     return _signed(K.EXPONENTIAL, reduction, input, target, (),
                    lambda: ref.exponential_loss(input, target, reduction))
+
+
+# ---------------------------------------------------------------------------------------
+# dense-detection ranking losses
+
+DR_NEG_LAMBDA = 0.1 / 1.252762968495368  # 0.1 / ln 3.5: the DR paper's and official SigmoidDRLoss's default
+
+
+def _detection_target(input: torch.Tensor, target) -> torch.Tensor:
+    """Checks input [N, C] (C >= 1) and target [N] integer labels: 0 background, k in 1..C
+    class k, -1 ignored. Returns target as contiguous int64. A label outside [-1, C] makes
+    the loss NaN, or (checks on) raises a ValueError naming its position."""
+    _validate.floating("input", input)
+    if input.dim() != 2 or input.shape[1] == 0:
+        raise ValueError(f"input: expected logits of shape [N, C] with C >= 1, got {tuple(input.shape)}")
+    t = _validate.labels("target", target, (input.shape[0],), input)
+    _validate.labels_in_range("target", t, input.shape[1] + 1, ignore_index=-1)
+    return t
+
+
+class _DR(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, t, margin, pos_lambda, neg_lambda, L, tau):
+        out, stats = K.dr_forward(x, t, margin, pos_lambda, neg_lambda, L, tau)
+        ctx.lambdas = (pos_lambda, neg_lambda)
+        ctx.save_for_backward(x, t, stats)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, t, stats = ctx.saved_tensors
+        return K.dr_backward(x, t, grad.contiguous(), stats, *ctx.lambdas), None, None, None, None, None, None
+
+
+def dr_loss(input: torch.Tensor, target: torch.Tensor, margin: float = 0.5, pos_lambda: float = 1.0,
+            neg_lambda: float = DR_NEG_LAMBDA, L: float = 6.0, tau: float = 4.0) -> torch.Tensor:
+    """Distributional Ranking loss for dense detection (Qian et al., "DR Loss: Improving Object
+    Detection by Distributional Ranking", CVPR 2020), 0-dim; defaults are the paper's and its
+    official SigmoidDRLoss's: margin 0.5, pos_lambda 1, neg_lambda 0.1 / ln 3.5, L 6, tau 4.
+
+    input [N, C] logits over N anchors, target [N]: 0 background, k in 1..C positive for
+    class k, -1 ignored. Every (anchor, class) of a non-ignored anchor is a sample, positive
+    when class == target, else negative. With p = sigmoid(input):
+        q- = softmax(p- / neg_lambda) over the negatives,  P- = sum q- p-  (0 without negatives)
+        q+ = softmax(-p+ / pos_lambda) over the positives, P+ = sum q+ p+  (1 without positives)
+        loss = tau / L * log(1 + exp(L (P- - P+ + margin)))
+    The gradient is exact: dP-/dp_j = q_j (1 + (p_j - P-) / neg_lambda), dP+/dp_i =
+    q_i (1 - (p_i - P+) / pos_lambda). Kernels: per-block online-softmax partials merged on
+    the device in a fixed order. Difference from the official code: log(1 + exp) is computed
+    without overflow, and a label outside [-1, C] gives NaN (the official code counts it
+    as background)."""
+    margin = _validate.number("margin", margin)
+    pos_lambda = _validate.number("pos_lambda", pos_lambda, low=0.0, low_open=True)
+    neg_lambda = _validate.number("neg_lambda", neg_lambda, low=0.0, low_open=True)
+    L = _validate.number("L", L, low=0.0, low_open=True)
+    tau = _validate.number("tau", tau, low=0.0, low_open=True)
+    t = _detection_target(input, target)
+    if not _runtime.use_kernels(input):
+        return ref.dr_loss(input, t, margin, pos_lambda, neg_lambda, L, tau)
+    x = input.contiguous()
+    with _runtime.on_device(x):
+        return _DR.apply(x, t, margin, pos_lambda, neg_lambda, L, tau)
+
+
+class _AP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, t, delta):
+        out, saved = K.ap_forward(x, t, delta)
+        ctx.delta = delta
+        ctx.save_for_backward(x, t, *saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, t, *saved = ctx.saved_tensors
+        return K.ap_backward(x, t, grad.contiguous(), saved, ctx.delta), None, None
+
+
+def ap_loss(input: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    """AP-loss for dense detection (Chen et al., "Towards Accurate One-Stage Object Detection
+    with AP-Loss", CVPR 2019), non-interpolated, 0-dim; delta = 1 as in the paper's code.
+
+    input [N, C] logits (the scores s), target [N] as `dr_loss` (0 background, k in 1..C
+    class k, -1 ignored; samples are the (anchor, class) pairs of non-ignored anchors). With
+    H(x) = clamp(x / (2 delta) + 1/2, 0, 1), for each positive i and negative j:
+        L_ij = H(s_j - s_i) / (1 + sum_{k in P u N, k != i} H(s_k - s_i))
+        loss = 1/|P| sum_i sum_j L_ij = 1 - AP  (0, still attached to the graph, without positives)
+    The backward is the paper's error-driven update, NOT the gradient of this loss:
+        dL/ds_j = 1/|P| sum_i L_ij for negatives,  dL/ds_i = -1/|P| sum_j L_ij for positives,
+    times grad_output. Kernels: positives are compacted on the device (count kept there),
+    then tiled [positives x samples] passes reduce per positive (forward) and per sample
+    (backward) in a fixed order, O(|P| N C) work. Difference from the paper's code: no
+    interpolation of the precision (its max_prec), and no pruning of negatives below
+    min_i s_i - delta (H is 0 there anyway); a label outside [-1, C] gives NaN."""
+    delta = _validate.number("delta", delta, low=0.0, low_open=True)
+    t = _detection_target(input, target)
+    if not _runtime.use_kernels(input):
+        return ref.ap_loss(input, t, delta)
+    x = input.contiguous()
+    with _runtime.on_device(x):
+        return _AP.apply(x, t, delta)

@@ -11,10 +11,12 @@ from .boxes import (
     iou_loss,
 )
 from .classification import (
+    ap_loss,
     balanced_binary_cross_entropy_with_logits,
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     cross_entropy,
+    dr_loss,
     exponential_loss,
     hinge_loss,
     kl_div,
@@ -83,6 +85,8 @@ __all__ = [
     "sigmoid_focal_loss",
     "soft_margin_loss",
     "softmax_focal_loss",
+    "dr_loss",
+    "ap_loss",
     "adaptive_wing_loss",
     "balanced_l1_loss",
     "dice_loss",

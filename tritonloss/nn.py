@@ -466,3 +466,26 @@ class CDIoULoss(_BoxLoss):
 class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
     def forward(self, input, target):
         return F.multilabel_margin_loss(input, target, self.reduction)
+
+
+class DRLoss(torch.nn.Module):
+    """`dr_loss` (Qian et al. 2020) with its paper defaults; forward(input [N, C], target [N])."""
+
+    def __init__(self, margin: float = 0.5, pos_lambda: float = 1.0, neg_lambda: float = 0.1 / 1.252762968495368,
+                 L: float = 6.0, tau: float = 4.0):
+        super().__init__()
+        self.margin, self.pos_lambda, self.neg_lambda, self.L, self.tau = margin, pos_lambda, neg_lambda, L, tau
+
+    def forward(self, input, target):
+        return F.dr_loss(input, target, self.margin, self.pos_lambda, self.neg_lambda, self.L, self.tau)
+
+
+class APLoss(torch.nn.Module):
+    """`ap_loss` (Chen et al. 2019), backward = the error-driven update; forward(input [N, C], target [N])."""
+
+    def __init__(self, delta: float = 1.0):
+        super().__init__()
+        self.delta = delta
+
+    def forward(self, input, target):
+        return F.ap_loss(input, target, self.delta)

@@ -73,3 +73,75 @@ def perceptron_loss(input, target, reduction="mean"):
 
 def exponential_loss(input, target, reduction="mean"):
     return _reduce(torch.exp(-target * input), reduction)
+
+
+# ---------------------------------------------------------------------------------------
+# dense-detection ranking losses: input [N, C] logits, target [N] (0 background, k in 1..C
+# positive for class k, -1 ignored); a label outside [-1, C] makes the result NaN.
+
+
+def _detection_masks(input, target):
+    """(used, positive, negative) masks [N, C] and a factor that is NaN with a bad label."""
+    C = input.shape[1]
+    cls = torch.arange(1, C + 1, device=input.device)
+    used = (target != -1)[:, None].expand(-1, C)
+    pos = used & (target[:, None] == cls)
+    bad = ((target < -1) | (target > C)).any()
+    nan_if_bad = torch.where(bad, float("nan"), 1.0).to(input.dtype)
+    return used, pos, used & ~pos, nan_if_bad
+
+
+def dr_loss(input, target, margin=0.5, pos_lambda=1.0, neg_lambda=0.1 / 1.252762968495368, L=6.0, tau=4.0):
+    """Qian et al. 2020: P- = sum softmax(p- / neg_lambda) p- (0 without negatives), P+ = sum
+    softmax(-p+ / pos_lambda) p+ (1 without positives), tau / L log(1 + exp(L (P- - P+ + margin)))."""
+    used, pos, neg, nan_if_bad = _detection_masks(input, target)
+    p = torch.sigmoid(torch.where(used, input, torch.zeros_like(input)))
+
+    def expectation(mask, z, empty):
+        # a softmax over the masked entries; an empty mask softmaxes zeros (finite, unused)
+        fill = torch.where(mask.any(), float("-inf"), 0.0).to(z.dtype)
+        q = torch.softmax(torch.where(mask, z, fill).flatten(), 0).reshape(z.shape)
+        return torch.where(mask.any(), torch.where(mask, q * p, 0.0).sum(), torch.tensor(empty, dtype=z.dtype))
+
+    p_neg = expectation(neg, p / neg_lambda, 0.0)
+    p_pos = expectation(pos, -p / pos_lambda, 1.0)
+    z = L * (p_neg - p_pos + margin)
+    return tau / L * torch.logaddexp(torch.zeros_like(z), z) * nan_if_bad
+
+
+class _APLoss(torch.autograd.Function):
+    """Chen et al. 2019, non-interpolated; backward = the error-driven update."""
+
+    @staticmethod
+    def forward(ctx, input, target, delta):
+        used, pos, neg, nan_if_bad = _detection_masks(input, target)
+        s = input.detach().flatten()
+        used, neg = used.flatten(), neg.flatten()
+        pidx = pos.flatten().nonzero().squeeze(1)  # a host sync: the reference is eager
+        n_pos = pidx.numel()
+        grad = torch.zeros_like(s)
+        total = s.new_zeros(())
+        chunk = max(1, 2**22 // max(s.numel(), 1))
+        for start in range(0, n_pos, chunk):
+            rows = pidx[start:start + chunk]
+            h = torch.clamp((s[None, :] - s[rows][:, None]) / (2 * delta) + 0.5, 0, 1)
+            others = used[None, :] & (torch.arange(s.numel(), device=s.device)[None, :] != rows[:, None])
+            denom = 1 + torch.where(others, h, 0.0).sum(1)
+            l_ij = torch.where(neg[None, :], h, 0.0) / denom[:, None]
+            total = total + l_ij.sum()
+            grad += l_ij.sum(0)
+            grad[rows] = -l_ij.sum(1)
+        grad = torch.where(used, grad / max(n_pos, 1) * nan_if_bad, 0.0)
+        ctx.save_for_backward(grad.reshape(input.shape))
+        return (total / max(n_pos, 1) * nan_if_bad).to(input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None
+
+
+def ap_loss(input, target, delta=1.0):
+    """1/|P| sum_{i in P} sum_{j in N} H(s_j - s_i) / (1 + sum_{k != i} H(s_k - s_i)),
+    H(x) = clamp(x / (2 delta) + 1/2, 0, 1); its backward is the paper's error-driven update."""
+    return _APLoss.apply(input, target, delta)
