@@ -18,7 +18,10 @@ case "${1:-tests}" in
     cp kernels/tuned/"$slug".json "$out/" ;;
   perf)
     mkdir -p perf/results/"$slug"
-    python3 -m pytest perf -q -p no:cacheprovider --benchmark-json=perf/results/"$slug"/regression.json \
-      --benchmark-columns=min,median,rounds 2>&1 | tee "$out/perf.log" | tail -60
-    cp perf/results/"$slug"/regression.json "$out/" ;;
+    for suite in perf/test_*_perf.py; do
+      family=$(basename "$suite" _perf.py); family=${family#test_}
+      python3 -m pytest "$suite" -q -p no:cacheprovider --benchmark-json=perf/results/"$slug"/"$family".json \
+        --benchmark-columns=min,median,rounds 2>&1 | tee -a "$out/perf.log" | tail -40
+      cp perf/results/"$slug"/"$family".json "$out/"
+    done ;;
 esac

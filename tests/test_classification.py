@@ -505,3 +505,20 @@ def test_multilabel_margin_label_out_of_range_is_nan():
     out = tritonloss.multilabel_margin_loss(x, t, reduction="none")
     assert torch.isnan(out[0]) and torch.isfinite(out[1])
     assert torch.isfinite(tnn.MultiLabelMarginLoss()(x, t.clamp(max=3)))
+
+
+@pytest.mark.gpu
+def test_no_host_sync_on_cuda():
+    """Every classification loss, forward and backward, under sync debug mode "error"."""
+    from tritonloss import _cases
+
+    for case in _cases.classification_cases():
+        args, opts = case.make((6, 40), torch.float32, "cuda")
+        xs = [a.requires_grad_(_cases.differentiated(case, i, a)) for i, a in enumerate(args)]
+        for red in case.reductions:
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                out = case.fn(*xs, **opts, **red)
+                torch.autograd.grad(out.sum(), [x for x in xs if x.requires_grad])
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
