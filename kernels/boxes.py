@@ -128,8 +128,9 @@ def _unit(e, dist):
 
 @triton.jit
 def _terms(LOSS: tl.constexpr, CD: tl.constexpr, px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, p0):
-    """Loss and its derivatives with respect to the 8 corner coordinates (p: boxes1, g: boxes2).
-    p0 is gamma (FOCAL_EIOU) or lam (CD)."""
+    """The loss and, per box (p: boxes1, g: boxes2), the positional adjoints of its corners
+    (x1, y1, x2, y2) and the adjoints of its width and height. p0 is gamma (FOCAL_EIOU) or
+    lam (CD)."""
     wp = px2 - px1
     hp = py2 - py1
     wg = gx2 - gx1

@@ -225,6 +225,7 @@ DEGENERATE = {
     "both zero height, same y": ([0, 3, 10, 3], [4, 3, 20, 3]),
     "both zero height, apart": ([0, 3, 10, 3], [4, 7, 20, 7]),
     "zero width against zero height": ([5, 0, 5, 10], [0, 5, 10, 5]),
+    "point against a box": ([5, 5, 5, 5], [0, 0, 10, 20]),
     "inverted x": ([30, 10, 10, 40], [5, 5, 25, 35]),
     "inverted x and y": ([30, 40, 10, 10], [5, 5, 25, 35]),
     "both inverted": ([30, 40, 10, 10], [25, 35, 5, 5]),

@@ -111,7 +111,9 @@ def ciou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, box_format: str = "xyx
     """DIoU loss + alpha v, v = 4/pi^2 (atan(w2 / (h2 + eps)) - atan(w1 / (h1 + eps)))^2,
     alpha = v / (1 - IoU + v + eps) detached; anchor torchvision `complete_box_iou_loss`.
     Differences: eps on the heights (torchvision divides by h, NaN for zero-area boxes), and
-    eps is used throughout (torchvision's DIoU part always uses 1e-7)."""
+    eps is used throughout (torchvision's DIoU part always uses 1e-7). A zero-area box (not
+    an inverted one, which collapses) against a box of another aspect ratio has a width
+    gradient of order 1/eps: finite in fp32, beyond fp16's range (inf) for fp16 boxes."""
     return _run(K.CIOU, boxes1, boxes2, box_format, eps, reduction,
                 lambda e: ref.ciou_loss(boxes1, boxes2, box_format, e, reduction))
 
