@@ -92,6 +92,13 @@ def flag(name: str, value) -> bool:
     return value
 
 
+def choice(name: str, value, allowed) -> str:
+    """One of the strings in `allowed` (a mode, a format, a kind)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
 def integer(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")

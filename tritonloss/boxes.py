@@ -32,12 +32,6 @@ _CD_BASES = {"iou": K.IOU, "giou": K.GIOU, "diou": K.DIOU, "ciou": K.CIOU, "eiou
 _KINDS = {"iou": K.KIND_IOU, "giou": K.KIND_GIOU, "diou": K.KIND_DIOU, "ciou": K.KIND_CIOU}
 
 
-def _choice(name: str, value, allowed) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return value
-
-
 def _boxes(name: str, t) -> torch.Tensor:
     _validate.floating(name, t)
     if t.dim() == 0 or t.shape[-1] != 4:
@@ -67,7 +61,7 @@ def _run(loss: int, boxes1, boxes2, box_format, eps, reduction, eager, p0=0.0, c
     _boxes("boxes2", boxes2)
     _validate.same_device(boxes1=boxes1, boxes2=boxes2)
     shape = _validate.broadcast(boxes1=boxes1, boxes2=boxes2)
-    _choice("box_format", box_format, _FORMATS)
+    _validate.choice("box_format", box_format, _FORMATS)
     eps = _validate.number("eps", eps, low=0.0, low_open=True)
     _validate.reduction(reduction)
     if not _runtime.use_kernels(boxes1, boxes2):
@@ -85,7 +79,7 @@ def iou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, mode: str = "linear", b
     """UnitBox IoU loss with mmdet's modes, IoU = I / (U + eps): "linear" 1 - IoU, "square"
     1 - IoU^2, "log" -ln max(IoU, eps) (mmdet clamps IoU at eps in every mode; linear and
     square here do not, which changes a value by at most eps)."""
-    _choice("mode", mode, _IOU_MODES)
+    _validate.choice("mode", mode, _IOU_MODES)
     return _run(_IOU_MODES[mode], boxes1, boxes2, box_format, eps, reduction,
                 lambda e: ref.iou_loss(boxes1, boxes2, mode, box_format, e, reduction))
 
@@ -140,7 +134,7 @@ def cdiou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, box_format: str = "xy
     """CDIoU (Chen et al. 2020), the paper's form: base loss + lam * diou, diou = (sum of the
     distances of the 4 corresponding vertices) / (4 sqrt(Cw^2 + Ch^2 + eps)). `base` is
     "iou" (1 - IoU), "giou", "diou", "ciou" or "eiou", each as its function here."""
-    _choice("base", base, _CD_BASES)
+    _validate.choice("base", base, _CD_BASES)
     lam = _validate.number("lam", lam, low=0.0)
     return _run(_CD_BASES[base], boxes1, boxes2, box_format, eps, reduction,
                 lambda e: ref.cdiou_loss(boxes1, boxes2, box_format, e, reduction, base, lam), p0=lam, cd=True)
@@ -154,8 +148,8 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str = "iou", box_f
     tile by tile: no [N, M, k] temporaries. Forward only (the result carries no gradient).
     Differences: the result has boxes1's dtype (torchvision: float32 for half inputs), and
     inverted boxes collapse as in the losses."""
-    _choice("kind", kind, _KINDS)
-    _choice("box_format", box_format, _FORMATS)
+    _validate.choice("kind", kind, _KINDS)
+    _validate.choice("box_format", box_format, _FORMATS)
     for name, t in (("boxes1", boxes1), ("boxes2", boxes2)):
         _boxes(name, t)
         if t.dim() != 2:
