@@ -508,6 +508,41 @@ def test_multilabel_margin_label_out_of_range_is_nan():
     out = tritonloss.multilabel_margin_loss(x, t, reduction="none")
     assert torch.isnan(out[0]) and torch.isfinite(out[1])
     assert torch.isfinite(tnn.MultiLabelMarginLoss()(x, t.clamp(max=3)))
+    tritonloss.set_checks(True)
+    try:
+        with pytest.raises(ValueError, match=r"got 7 at position \(0, 1\)"):
+            tritonloss.multilabel_margin_loss(x, t)
+        tritonloss.multilabel_margin_loss(x, t.clamp(max=3))  # 9s after the -1 are not read
+    finally:
+        tritonloss.set_checks(False)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_every_case_in_half_precision(dtype):
+    """Each `tritonloss check` case in fp16 / bf16 against float64 on the same (rounded)
+    values: loss in the input's dtype, gradients in each tensor's dtype."""
+    from tritonloss import _cases
+
+    torch.manual_seed(0)
+    for case in _cases.classification_cases():
+        if case.fn in (tritonloss.binary_cross_entropy,):  # probabilities rounded to half may hit 0 / 1
+            continue
+        args, opts = case.make((5, 3, 11), dtype, DEVICE)
+        xs = [a.detach().clone().requires_grad_(_cases.differentiated(case, i, a)) for i, a in enumerate(args)]
+        red = case.reductions[-1]  # "sum" (or batchmean, or the only one)
+        out = case.fn(*xs, **opts, **red)
+        assert out.dtype == dtype, case.name
+        diff = [x for x in xs if x.requires_grad]
+        grads = torch.autograd.grad(out, diff)
+        rs = [(a.detach().double() if a.is_floating_point() else a).requires_grad_(x.requires_grad)
+              for a, x in zip(args, xs)]
+        ropts = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in opts.items()}
+        ref = case.ref(*rs, **ropts, **red)
+        rgrads = torch.autograd.grad(ref, [r for r in rs if r.requires_grad])
+        assert_close(out, ref, dtype, scale=float(ref.abs()) + 1.0, what=case.name)
+        for g, r in zip(grads, rgrads):
+            assert g.dtype == dtype
+            assert_close(g, r, dtype, what=f"{case.name} grad")
 
 
 @pytest.mark.gpu

@@ -254,6 +254,9 @@ def multilabel_margin_loss(input: torch.Tensor, target: torch.Tensor, reduction:
     if not _runtime.use_kernels(input):
         return TF.multilabel_margin_loss(input, target, reduction=reduction)
     t = _validate.labels("target", target, tuple(input.shape), input)
+    if _runtime.checks_enabled():  # the labels read: those before each row's first negative one
+        read = (t < 0).cumsum(-1) == 0
+        _validate.labels_in_range("target", torch.where(read, t, 0), C)
     x = input.contiguous().reshape(-1, C)
     with _runtime.on_device(x):
         out = _MultilabelMargin.apply(_REDUCE[reduction], x, t.reshape(-1, C))
