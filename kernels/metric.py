@@ -496,8 +496,14 @@ ALL_MINE_SPACE = _tuning.Space(
      for w in (4, 8)],
     {"BP": 32, "BN": 64, "num_warps": 4, "num_stages": 1},
 )
-_PDIST = {"BM": 32, "BN": 32, "BK": 8}
-_ALL_BACKWARD = {"BM": 32, "BN": 32, "BD": 32}
+_PAIRS = {"BM": 32, "BN": 32}  # tiles of pairs with exact distances from [BM, BN, BK] differences
+
+
+def _pair_blocks(x: torch.Tensor) -> dict:
+    """BK (the depth of a [BM, BN, BK] difference tile) and BD (the columns of a backward GEMM
+    block): register-sized on the GPU; deeper under the interpreter, whose cost is per
+    operation rather than per element."""
+    return {"BK": 8, "BD": 32} if x.is_cuda else {"BK": 64, "BD": 128}
 
 
 def triplet_all_forward(x, labels, margin: float, metric: int, normed: bool, soft: bool):
@@ -510,9 +516,9 @@ def triplet_all_forward(x, labels, margin: float, metric: int, normed: bool, sof
     part = torch.empty(2 * B, dtype=torch.float32, device=dev)
     if B == 0:
         return part, (nsq, dist, w)
-    c = _PDIST
+    c = _PAIRS
     _pdist_kernel[(triton.cdiv(B, c["BM"]), triton.cdiv(B, c["BN"]))](
-        x, nsq, dist, B, D, METRIC=metric, NORMED=normed, **c)
+        x, nsq, dist, B, D, METRIC=metric, NORMED=normed, BK=_pair_blocks(x)["BK"], **c)
 
     def launch(c):
         w.zero_()  # the kernel accumulates into W: reset between autotune trials
@@ -530,9 +536,9 @@ def triplet_all_backward(x, saved, g, stats, metric: int, normed: bool, reduce: 
     if B == 0:
         return dx
     df = torch.empty(B, D, dtype=torch.float32, device=x.device) if normed else dx
-    c = _ALL_BACKWARD
-    _all_backward_kernel[(triton.cdiv(B, c["BM"]), triton.cdiv(D, c["BD"]))](
-        x, nsq, w, dist, g, stats, dx, df, B, D, METRIC=metric, NORMED=normed, REDUCE=reduce, **c)
+    c, bd = _PAIRS, _pair_blocks(x)["BD"]
+    _all_backward_kernel[(triton.cdiv(B, c["BM"]), triton.cdiv(D, bd))](
+        x, nsq, w, dist, g, stats, dx, df, B, D, METRIC=metric, NORMED=normed, REDUCE=reduce, BD=bd, **c)
     if normed:
         _normalize_backward_kernel[(B,)](df, x, nsq, dx, D, BD=triton.next_power_of_2(D))
     return dx
@@ -1244,18 +1250,15 @@ def _bc_backward_kernel(x_ptr, lab_ptr, g_ptr, stat_ptr, dx_ptr, B, D, margin, B
              mask=rmask[:, None] & dmask[None, :])
 
 
-_BC = {"BM": 32, "BN": 32, "BK": 8}
-
-
 def batch_contrastive_forward(x, labels, margin: float):
     """The 0-dim mean over pairs (0 without a pair) and stats = [max(pairs, 1), result]."""
     B, D = x.shape
     pairs = max(B * (B - 1) // 2, 1)
     out = torch.empty((), dtype=x.dtype, device=x.device)
-    n_part = triton.cdiv(B, _BC["BM"])
+    n_part = triton.cdiv(B, _PAIRS["BM"])
     part = _reduce.partials(n_part, False, x.device)
     if B > 0:
-        _bc_forward_kernel[(n_part,)](x, labels, part, B, D, margin, **_BC)
+        _bc_forward_kernel[(n_part,)](x, labels, part, B, D, margin, BK=_pair_blocks(x)["BK"], **_PAIRS)
     return out, _reduce.finish(part, n_part, out, pairs, False, MEAN)
 
 
@@ -1263,6 +1266,7 @@ def batch_contrastive_backward(x, labels, margin: float, g, stats):
     B, D = x.shape
     dx = torch.empty_like(x)
     if B > 0 and D > 0:
-        _bc_backward_kernel[(triton.cdiv(B, _BC["BM"]), triton.cdiv(D, 32))](
-            x, labels, g, stats, dx, B, D, margin, BD=32, **_BC)
+        blocks = _pair_blocks(x)
+        _bc_backward_kernel[(triton.cdiv(B, _PAIRS["BM"]), triton.cdiv(D, blocks["BD"]))](
+            x, labels, g, stats, dx, B, D, margin, **blocks, **_PAIRS)
     return dx

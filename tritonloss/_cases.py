@@ -299,7 +299,8 @@ def metric_cases() -> list[Case]:
     def invariant(s, dt, dev):
         B, D = dims(s)
         C = max(B // 4, 2)
-        return [torch.randint(0, C, (B,), device=dev), _randn((C, D), dt, dev)], {}
+        scale = _rand((C, 1), torch.float32, dev, 0.5, 1.5)  # norms that differ: a well-conditioned case
+        return [torch.randint(0, C, (B,), device=dev), (_randn((C, D), torch.float32, dev) * scale).to(dt)], {}
 
     return [
         Case("triplet_loss", F.triplet_loss, Rm.triplet_loss, mined(margin=0.5), tune_shapes=tune),
