@@ -181,6 +181,16 @@ def _labels(t_ptr, w_ptr, x_ptr, base, rows, rmask, C, S, ignore_index,
 
 
 @triton.jit
+def _class_weights(w_ptr, cols, C, HAS_W: tl.constexpr):
+    """w[cols] (1 without weights; 0 past C)."""
+    if HAS_W:
+        wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+    else:
+        wc = tl.where(cols < C, 1.0, 0.0)
+    return wc
+
+
+@triton.jit
 def _tile(x_ptr, base, rmask, c0, C, S, other, BLOCK_C: tl.constexpr):
     """Columns c0 .. c0 + BLOCK_C of the rows: (cols, 2-D mask, offsets, fp32 values)."""
     cols = c0 + tl.arange(0, BLOCK_C)
@@ -242,10 +252,7 @@ def _softmax_forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, part_ptr, stat_ptr, R,
             e = tl.exp2((x - m_ref[:, None]) * _LOG2E)
             s = s * scale + tl.sum(e, axis=1)
             if LOSS == 0 or LOSS == 1:
-                if HAS_W:
-                    wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
-                else:
-                    wc = tl.where(cols < C, 1.0, 0.0)
+                wc = _class_weights(w_ptr, cols, C, HAS_W)
                 if LOSS == 0:
                     if eps > 0:
                         acc1 += tl.sum(tl.where(mask, wc[None, :] * x, 0.0), axis=1)
@@ -328,10 +335,7 @@ def _softmax_backward_kernel(x_ptr, t_ptr, w_ptr, g_ptr, red_ptr, stat_ptr, dx_p
         if LOSS != 2:
             p = tl.exp2((x - lse[:, None]) * _LOG2E)
         if LOSS == 0 or LOSS == 1:
-            if HAS_W:
-                wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
-            else:
-                wc = tl.where(cols < C, 1.0, 0.0)
+            wc = _class_weights(w_ptr, cols, C, HAS_W)
             if LOSS == 0:
                 is_t = cols[None, :] == tc[:, None]
                 u = eps / C * wc[None, :] + tl.where(is_t, ((1.0 - eps) * wt)[:, None], 0.0)
@@ -380,10 +384,7 @@ def _margin_forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, part_ptr, stat_ptr, R, 
                 act += tl.sum(tl.where(on, 2.0 * h, 0.0), axis=1)
         else:
             y = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_W:
-                wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
-            else:
-                wc = tl.where(cols < C, 1.0, 0.0)
+            wc = _class_weights(w_ptr, cols, C, HAS_W)
             sp = _math.softplus(-x)
             acc += tl.sum(tl.where(mask & (wc[None, :] != 0), wc[None, :] * (y * sp + (1.0 - y) * (x + sp)),
                                    0.0), axis=1)
@@ -419,10 +420,7 @@ def _margin_backward_kernel(x_ptr, t_ptr, w_ptr, g_ptr, red_ptr, stat_ptr, dx_pt
             d = gw[:, None] * tl.where(is_t, -act[:, None], d)
         else:
             y = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_W:
-                wc = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
-            else:
-                wc = tl.where(cols < C, 1.0, 0.0)
+            wc = _class_weights(w_ptr, cols, C, HAS_W)
             keep = wc[None, :] != 0
             s_pos, _ = _sigmoid_pair(x)
             gw = g[:, None] * wc[None, :]
