@@ -1270,3 +1270,197 @@ def batch_contrastive_backward(x, labels, margin: float, g, stats):
         _bc_backward_kernel[(triton.cdiv(B, _PAIRS["BM"]), triton.cdiv(D, blocks["BD"]))](
             x, labels, g, stats, dx, B, D, margin, **blocks, **_PAIRS)
     return dx
+
+
+# --- range loss: per-class top-k intra distances and the closest pair of class means ----------
+# Samples are sorted by label (stable), so each class is a segment of positions [start, end)
+# and is owned by its head position (start); `order[pos]` is the sample at a position.
+
+@triton.jit
+def _range_class_kernel(x_ptr, order_ptr, start_ptr, end_ptr, mean_ptr, tk_a_ptr, tk_b_ptr, tk_d_ptr, tk_c_ptr,
+                        part_ptr, B, D, k, alpha, BP: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    """For the class headed at this position: its mean (all of D) into mean[pos]; its k
+    largest intra-class distances (fewer if it has fewer pairs; ties to the first pair in
+    position order) into tk_*; alpha times their harmonic mean into part[pos] (0 if one of
+    them is 0, NaN if any distance of the class is NaN) and the gradient coefficients
+    alpha d(harmonic mean)/d(distance) into tk_c."""
+    pos = tl.program_id(0).to(tl.int64)
+    start = tl.load(start_ptr + pos)
+    end = tl.load(end_ptr + pos)
+    head = start == pos
+    tl.store(part_ptr + pos, 0.0)
+    if head:
+        n = end - start
+        for d0 in range(0, D, BD):
+            cols = d0 + tl.arange(0, BD)
+            cm = cols < D
+            acc = tl.zeros([BD], tl.float32)
+            for e in range(start, end):
+                acc += tl.load(x_ptr + tl.load(order_ptr + e) * D + cols, mask=cm, other=0.0).to(tl.float32)
+            tl.store(mean_ptr + pos * D + cols, acc / n.to(tl.float32), mask=cm)
+        big = (end * 0 + B) * B  # past every pair index a * B + b (int64)
+        found = tl.full([], 0, tl.int32)
+        has_nan = tl.full([], 0, tl.int32)
+        zero_d = tl.full([], 0, tl.int32)
+        inv_sum = tl.full([], 0.0, tl.float32)
+        prev_v = tl.full([], float("inf"), tl.float32)
+        prev_l = tl.full([], -1, tl.int64)
+        one = tl.full([BP], 1.0, tl.float32)
+        for t in range(0, k):
+            best_v = tl.full([], float("-inf"), tl.float32)
+            best_l = tl.full([], -1, tl.int64)
+            for a0 in range(start, end, BP):
+                a = a0 + tl.arange(0, BP).to(tl.int64)
+                am = a < end
+                ra = tl.load(order_ptr + a, mask=am, other=0)
+                for b0 in range(a0, end, BP):
+                    b = b0 + tl.arange(0, BP).to(tl.int64)
+                    bm = b < end
+                    rb = tl.load(order_ptr + b, mask=bm, other=0)
+                    sq = tl.zeros([BP, BP], tl.float32)
+                    for k0 in range(0, D, BK):
+                        ks = k0 + tl.arange(0, BK)
+                        km = ks < D
+                        fa = _load_rows(x_ptr, ra, am, ks, km, D, one)
+                        fb = _load_rows(x_ptr, rb, bm, ks, km, D, one)
+                        sq += tl.sum(_pair_term(fa[:, None, :], fb[None, :, :], 0), axis=2)
+                    v = tl.sqrt(sq)
+                    pair = am[:, None] & bm[None, :] & (a[:, None] < b[None, :])
+                    lin = a[:, None] * B + b[None, :]
+                    has_nan = tl.maximum(has_nan, tl.max(tl.max(tl.where(pair & (v != v), 1, 0), axis=1), axis=0))
+                    cand = pair & ((v < prev_v) | ((v == prev_v) & (lin > prev_l)))
+                    tv = tl.max(tl.max(tl.where(cand, v, float("-inf")), axis=1), axis=0)
+                    tlin = tl.min(tl.min(tl.where(cand & (v == tv), lin, big), axis=1), axis=0)
+                    take = (tlin < big) & ((best_l < 0) | (tv > best_v) | ((tv == best_v) & (tlin < best_l)))
+                    best_v = tl.where(take, tv, best_v)
+                    best_l = tl.where(take, tlin, best_l)
+            if best_l >= 0:
+                tl.store(tk_a_ptr + pos * k + t, best_l // B)
+                tl.store(tk_b_ptr + pos * k + t, best_l % B)
+                tl.store(tk_d_ptr + pos * k + t, best_v)
+                found += 1
+                zero_d = tl.maximum(zero_d, tl.where(best_v == 0, 1, 0))
+                inv_sum += 1.0 / tl.where(best_v == 0, 1.0, best_v)
+                prev_v = best_v
+                prev_l = best_l
+        m = found.to(tl.float32)
+        ok = (found > 0) & (zero_d == 0)
+        s = tl.where(ok, inv_sum, 1.0)
+        loss = tl.where(ok, alpha * m / s, 0.0)
+        tl.store(part_ptr + pos, tl.where(has_nan > 0, float("nan"), loss))
+        for t in range(0, k):
+            d = tl.load(tk_d_ptr + pos * k + t)
+            c = tl.where(ok & (t < found), alpha * m / (s * s) / tl.where(d == 0, 1.0, d * d), 0.0)
+            tl.store(tk_c_ptr + pos * k + t, c)
+
+
+@triton.jit
+def _range_means_kernel(mean_ptr, start_ptr, best_ptr, bidx_ptr, B, D,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Per class head p: the smallest squared distance from mean p to a mean q > p (first q
+    on ties; NaN counts as the smallest), +inf and -1 when there is none."""
+    rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
+    rmask = rows < B
+    rhead = rmask & (tl.load(start_ptr + rows, mask=rmask, other=-1) == rows)
+    one_r = tl.full([BM], 1.0, tl.float32)
+    one_c = tl.full([BN], 1.0, tl.float32)
+    best = tl.full([BM], float("inf"), tl.float32)
+    idx = tl.full([BM], -1, tl.int64)
+    for j0 in range(0, B, BN):
+        cols = j0 + tl.arange(0, BN).to(tl.int64)
+        cmask = cols < B
+        chead = cmask & (tl.load(start_ptr + cols, mask=cmask, other=-1) == cols)
+        sq = tl.zeros([BM, BN], tl.float32)
+        for k0 in range(0, D, BK):
+            ks = k0 + tl.arange(0, BK)
+            km = ks < D
+            fa = _load_rows(mean_ptr, rows, rhead, ks, km, D, one_r)
+            fb = _load_rows(mean_ptr, cols, chead, ks, km, D, one_c)
+            sq += tl.sum(_pair_term(fa[:, None, :], fb[None, :, :], 0), axis=2)
+        pair = rhead[:, None] & chead[None, :] & (cols[None, :] > rows[:, None])
+        best, idx = _running_min(sq, pair, cols, B, best, idx)
+    tl.store(best_ptr + rows, best, mask=rmask)
+    tl.store(bidx_ptr + rows, idx, mask=rmask)
+
+
+@triton.jit
+def _range_backward_kernel(x_ptr, order_ptr, start_ptr, end_ptr, mean_ptr, tk_a_ptr, tk_b_ptr, tk_d_ptr,
+                           tk_c_ptr, pq_ptr, dmin_ptr, g_ptr, dx_ptr, B, D, k, margin, beta, BD: tl.constexpr):
+    """The class headed here writes the gradient of each of its samples: its top-k pairs
+    (coefficient times the unit direction) and, if it is one of the two closest classes, the
+    inter-class hinge through its mean (1/n per sample)."""
+    pos = tl.program_id(0).to(tl.int64)
+    start = tl.load(start_ptr + pos)
+    end = tl.load(end_ptr + pos)
+    if start == pos:
+        cols = tl.program_id(1).to(tl.int64) * BD + tl.arange(0, BD)
+        cm = cols < D
+        g = tl.load(g_ptr).to(tl.float32)
+        p = tl.load(pq_ptr)
+        q = tl.load(pq_ptr + 1)
+        dmin = tl.load(dmin_ptr)
+        active = (margin - dmin > 0) & (q >= 0)
+        sign = tl.where(pos == p, -1.0, tl.where(pos == q, 1.0, 0.0))
+        coef = tl.where(active, 2.0 * beta * g * sign / (end - start).to(tl.float32), 0.0)
+        pp = tl.where(q >= 0, p, 0)
+        qq = tl.where(q >= 0, q, 0)
+        diff_pq = (tl.load(mean_ptr + pp * D + cols, mask=cm, other=0.0)
+                   - tl.load(mean_ptr + qq * D + cols, mask=cm, other=0.0))
+        inter = coef * diff_pq
+        for e in range(start, end):
+            acc = inter
+            for t in range(0, k):
+                c = tl.load(tk_c_ptr + pos * k + t)
+                ea = tl.load(tk_a_ptr + pos * k + t)
+                eb = tl.load(tk_b_ptr + pos * k + t)
+                w = tl.where(e == ea, 1.0, tl.where(e == eb, -1.0, 0.0)) * c * g
+                if w != 0:
+                    d = tl.load(tk_d_ptr + pos * k + t)
+                    xa = tl.load(x_ptr + tl.load(order_ptr + ea) * D + cols, mask=cm, other=0.0).to(tl.float32)
+                    xb = tl.load(x_ptr + tl.load(order_ptr + eb) * D + cols, mask=cm, other=0.0).to(tl.float32)
+                    acc += w * (xa - xb) / d
+            i = tl.load(order_ptr + e)
+            tl.store(dx_ptr + i * D + cols, acc.to(dx_ptr.dtype.element_ty), mask=cm)
+
+
+def _class_segments(labels: torch.Tensor):
+    """(order, start, end): samples sorted by label (stable) and each position's class segment."""
+    order = torch.argsort(labels, stable=True)
+    sl = labels[order].contiguous()
+    return order, torch.searchsorted(sl, sl), torch.searchsorted(sl, sl, right=True)
+
+
+def range_forward(x, labels, k: int, margin: float, alpha: float, beta: float):
+    """(alpha * intra, per-class parts), the closest class pair and its squared distance,
+    and what the backward needs."""
+    B, D = x.shape
+    dev = x.device
+    order, start, end = _class_segments(labels)
+    mean = torch.zeros(B, D, dtype=torch.float32, device=dev)
+    tk_a, tk_b = (torch.zeros(B * k, dtype=torch.int64, device=dev) for _ in range(2))
+    tk_d, tk_c = (torch.zeros(B * k, dtype=torch.float32, device=dev) for _ in range(2))
+    part = torch.zeros(max(B, 1), dtype=torch.float32, device=dev)
+    best = torch.full((max(B, 1),), float("inf"), dtype=torch.float32, device=dev)
+    bidx = torch.full((max(B, 1),), -1, dtype=torch.int64, device=dev)
+    if B > 0:
+        blocks = _pair_blocks(x)
+        _range_class_kernel[(B,)](x, order, start, end, mean, tk_a, tk_b, tk_d, tk_c, part, B, D, k, alpha,
+                                  BP=16, BK=blocks["BK"], BD=blocks["BD"])
+        _range_means_kernel[(triton.cdiv(B, 32),)](mean, start, best, bidx, B, D, BM=32, BN=32, BK=blocks["BK"])
+    intra = torch.empty((), dtype=torch.float32, device=dev)
+    _reduce.finish(part, part.numel(), intra, 1.0, False, SUM)
+    p = torch.argmin(best).reshape(1)  # the first class on ties (NaN counts as the smallest)
+    pq = torch.cat([p, bidx.gather(0, p)])
+    dmin = best.gather(0, p).reshape(())
+    return intra, pq, dmin, (order, start, end, mean, tk_a, tk_b, tk_d, tk_c)
+
+
+def range_backward(x, saved, pq, dmin, g, k: int, margin: float, beta: float):
+    order, start, end, mean, tk_a, tk_b, tk_d, tk_c = saved
+    B, D = x.shape
+    dx = torch.empty_like(x)
+    if B > 0 and D > 0:
+        bd = _pair_blocks(x)["BD"]
+        _range_backward_kernel[(B, triton.cdiv(D, bd))](x, order, start, end, mean, tk_a, tk_b, tk_d, tk_c, pq,
+                                                        dmin, g, dx, B, D, k, margin, beta, BD=bd)
+    return dx

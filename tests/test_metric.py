@@ -318,6 +318,28 @@ def test_batch_contrastive_loss(sizes, D):
     assert torch.isfinite(g).all() and out.requires_grad
 
 
+@pytest.mark.parametrize("sizes,D,k,margin", [
+    ([1], 5, 2, 1.0),  # one class of one sample: 0, attached
+    ([3, 1, 6, 2, 5, 4], 19, 2, 3.0),  # classes of one sample skipped by the intra term
+    ([3, 1, 6, 2, 5, 4], 19, 5, 0.01),  # k above a class's pair count; inter hinge inactive
+    ([5] * 7, 40, 3, 3.0),  # more positions than one 32-wide tile of class means
+])
+def test_range_loss(sizes, D, k, margin):
+    x, labels = _pk_batch(sizes, D, seed=26)
+    x = x * 0.3
+    opts = dict(k=k, margin=margin, alpha=0.7, beta=0.4)
+    _compare(lambda e, y: tritonloss.range_loss(e, y, **opts), lambda e, y: R.range_loss(e, y, **opts),
+             [x, labels * 3], what="range")
+
+
+def test_range_loss_zero_distance_class():
+    """A class of identical samples: its harmonic mean is 0 with gradient 0; others count."""
+    x, labels = _pk_batch([3, 4], 6, seed=27)
+    x[labels == 0] = x[labels == 0][0]
+    _, (g,) = _compare(lambda e, y: tritonloss.range_loss(e, y), lambda e, y: R.range_loss(e, y), [x, labels])
+    assert torch.isfinite(g).all()
+
+
 # --- torch pair losses -------------------------------------------------------------------------
 
 def _rows(n=13, d=37, seed=13, k=3):
@@ -452,6 +474,9 @@ Y4 = torch.tensor([0, 0, 1, 1])
     (lambda: tritonloss.center_invariant_loss(Y4.to(DEVICE), _x(5, 3)[0]), ValueError, "centers"),
     (lambda: tritonloss.batch_contrastive_loss(_x(), Y4[:3].to(DEVICE)), ValueError, "labels"),
     (lambda: tritonloss.batch_contrastive_loss(_x(), Y4.to(DEVICE), margin=-2.0), ValueError, "margin"),
+    (lambda: tritonloss.range_loss(_x(), Y4.to(DEVICE), k=0), ValueError, "k"),
+    (lambda: tritonloss.range_loss(_x(), Y4.to(DEVICE), margin=-1.0), ValueError, "margin"),
+    (lambda: tritonloss.range_loss(_x(), Y4.to(DEVICE), alpha=-1.0), ValueError, "alpha"),
 ])
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -466,6 +491,7 @@ MODULES = [
     (tnn.TripletLoss, None, "triplet_loss"),
     (tnn.ContrastiveLoss, None, "contrastive_loss"),
     (tnn.BatchContrastiveLoss, None, "batch_contrastive_loss"),
+    (tnn.RangeLoss, None, "range_loss"),
 ]
 
 

@@ -38,6 +38,7 @@ from .metric import (
     cosine_embedding_loss,
     hinge_embedding_loss,
     margin_ranking_loss,
+    range_loss,
     ring_loss,
     triplet_center_loss,
     triplet_loss,
@@ -114,4 +115,5 @@ __all__ = [
     "batch_contrastive_loss",
     "center_invariant_loss",
     "triplet_center_loss",
+    "range_loss",
 ]

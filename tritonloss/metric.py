@@ -461,3 +461,46 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margi
         return ref.batch_contrastive_loss(embeddings, labels, margin)
     with _runtime.on_device(embeddings):
         return _BatchContrastive.apply(embeddings.contiguous(), labels.to(torch.int64).contiguous(), margin)
+
+
+class _Range(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, labels, k, margin, alpha, beta):
+        intra, pq, dmin, saved = K.range_forward(x, labels, k, margin, alpha, beta)
+        out = (intra + beta * torch.clamp_min(margin - dmin, 0.0)).to(x.dtype)
+        ctx.args = (k, margin, beta)
+        ctx.save_for_backward(x, pq, dmin, *saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, pq, dmin, *saved = ctx.saved_tensors
+        k, margin, beta = ctx.args
+        return K.range_backward(x, saved, pq, dmin, grad.contiguous(), k, margin, beta), None, None, None, None, None
+
+
+def range_loss(features: torch.Tensor, labels: torch.Tensor, *, k: int = 2, margin: float = 1.0,
+               alpha: float = 0.5, beta: float = 0.5) -> torch.Tensor:
+    """Range loss (Zhang et al. 2017): alpha * L_intra + beta * L_inter, 0-dim.
+
+    L_intra sums over the classes with at least 2 samples the harmonic mean
+    m / sum_t 1/D_t of the class's m = min(k, pairs) largest pairwise distances
+    D = norm(x_i - x_j) (exact; ties to the first pair (i < j) in sample order; a class
+    whose chosen distances include 0 adds 0, with gradient 0). L_inter = max(0, margin -
+    min squared distance between the means of two classes present in the batch (classes of
+    one sample included; the first pair on ties; 0 with fewer than two classes)).
+    One program per class (samples sorted by label on the device): the means, the k-pass
+    top-k search and the gradient; the closest means over tiles of class pairs.
+    """
+    _embeddings("features", features)
+    _labels("labels", labels, features.shape[0], features, "features")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k: expected an int >= 1, got {k!r}")
+    margin = _validate.number("margin", margin, low=0.0)
+    alpha = _validate.number("alpha", alpha, low=0.0)
+    beta = _validate.number("beta", beta, low=0.0)
+    if not _runtime.use_kernels(features):
+        return ref.range_loss(features, labels, k=k, margin=margin, alpha=alpha, beta=beta)
+    with _runtime.on_device(features):
+        return _Range.apply(features.contiguous(), labels.to(torch.int64).contiguous(), k, margin, alpha, beta)

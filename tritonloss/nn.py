@@ -170,6 +170,15 @@ class BatchContrastiveLoss(torch.nn.Module):
         return F.batch_contrastive_loss(embeddings, labels, self.margin)
 
 
+class RangeLoss(torch.nn.Module):
+    def __init__(self, k: int = 2, margin: float = 1.0, alpha: float = 0.5, beta: float = 0.5):
+        super().__init__()
+        self.k, self.margin, self.alpha, self.beta = k, margin, alpha, beta
+
+    def forward(self, features, labels):
+        return F.range_loss(features, labels, k=self.k, margin=self.margin, alpha=self.alpha, beta=self.beta)
+
+
 class TripletCenterLoss(torch.nn.Module):
     """Triplet-center loss with the centers as a Parameter [num_classes, feat_dim] (standard
     normal at construction), learned by the optimiser."""

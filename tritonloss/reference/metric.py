@@ -122,3 +122,33 @@ def batch_contrastive_loss(embeddings, labels, margin=1.0):
     d = _safe_sqrt(sq)
     loss = torch.where(labels[i] == labels[j], 0.5 * sq, 0.5 * F.relu(margin - d) ** 2)
     return loss.sum() / max(len(loss), 1)
+
+
+def range_loss(features, labels, *, k=2, margin=1.0, alpha=0.5, beta=0.5):
+    """Classes in label order; per class with >= 2 samples the harmonic mean of its min(k,
+    pairs) largest pair distances (ties to the first pair (i < j) in sample order; 0 if one
+    of them is 0); the hinge on the smallest squared distance between class means (first
+    pair on ties)."""
+    zero = (features * 0).sum()  # attached to the graph
+    intra, means = zero, []
+    for c in torch.unique(labels):
+        idx = (labels == c).nonzero()[:, 0]
+        x = features[idx]
+        means.append(x.mean(0))
+        if len(idx) < 2:
+            continue
+        i, j = torch.triu_indices(len(idx), len(idx), 1)
+        d = _safe_sqrt(((x[i] - x[j]) ** 2).sum(-1))
+        if torch.isnan(d).any():
+            intra = intra + d.sum()
+            continue
+        top = d[torch.sort(d.detach(), descending=True, stable=True).indices[:k]]
+        if not (top == 0).any():
+            intra = intra + len(top) / (1.0 / top).sum()
+    inter = zero
+    if len(means) > 1:
+        m = torch.stack(means)
+        i, j = torch.triu_indices(len(m), len(m), 1)
+        d2 = ((m[i] - m[j]) ** 2).sum(-1)
+        inter = F.relu(margin - d2[torch.argmin(d2.detach())])
+    return alpha * intra + beta * inter
