@@ -125,3 +125,16 @@ def winners(device_name: str) -> dict:
         entry["configs"][key_string(key)] = config
     return out
 
+
+
+def merge(old: dict, new: dict, device_name: str, torch_version: str) -> dict:
+    """A tuned file's content: `old` (a file's content, possibly {}) updated with `new`
+    winners (the format of `winners`). Entries of another Triton minor version, or of a
+    kernel whose source changed, are dropped as stale."""
+    kernels = old.get("kernels", {}) if old.get("triton") == triton_minor() else {}
+    kernels = {k: {"source": v["source"], "configs": dict(v["configs"])} for k, v in kernels.items()}
+    for space, entry in new.items():
+        if kernels.get(space, {}).get("source") != entry["source"]:
+            kernels[space] = {"source": entry["source"], "configs": {}}
+        kernels[space]["configs"].update(entry["configs"])
+    return {"gpu": device_name, "triton": triton_minor(), "torch": torch_version, "kernels": kernels}

@@ -1,8 +1,10 @@
-"""`tritonloss info | check [--quick] | tune`.
+"""`tritonloss info | check [--quick] | tune | bench`.
 
 `check` runs every implemented loss through the kernels on this machine (the GPU, or the
 CPU under Triton's interpreter, which it switches on by re-executing itself) and compares
 values and gradients with a float64 eager reference. Exit status 1 on any FAIL.
+`tune` autotunes the kernels on a CUDA GPU and stores the winners; `bench` runs the perf
+suites (tritonloss/_bench.py), stores or compares their results, plots and reports them.
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ def check(quick: bool, family: str | None = None) -> int:
     return 1 if failed else 0
 
 
-def tune() -> int:
-    """Autotune every kernel at the perf shapes (2^20 and 2^24 elements, fp32/fp16/bf16,
-    every reduction) and write the winners to kernels/tuned/<gpu-slug>.json."""
+def tune(family: str | None = None, quick: bool = False) -> int:
+    """Autotune every kernel (or one family's) at the perf suites' shapes, fp32/fp16/bf16
+    (fp32 and the first shape with --quick), every reduction, and merge the winners into
+    kernels/tuned/<gpu-slug>.json."""
     import json
 
     import torch
@@ -90,22 +93,76 @@ def tune() -> int:
         return 1
     os.environ["TRITONLOSS_AUTOTUNE"] = "1"
     name = torch.cuda.get_device_name()
-    for case in _cases.all_cases():
-        for shape in case.tune_shapes:
-            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    dtypes = (torch.float32,) if quick else (torch.float32, torch.float16, torch.bfloat16)
+    for case in _cases.family_cases(family) if family else _cases.all_cases():
+        for shape in case.tune_shapes[:1] if quick else case.tune_shapes:
+            for dtype in dtypes:
                 args, opts = case.make(shape, dtype, "cuda")
                 xs = [a.requires_grad_(_cases.differentiated(case, i, a)) for i, a in enumerate(args)]
                 for red in case.reductions:
                     out = case.fn(*xs, **opts, **red)
                     torch.autograd.grad(out, [x for x in xs if x.requires_grad], torch.ones_like(out))
         print(f"tuned {case.name}")
-    data = {"gpu": name, "triton": _tuning.triton_minor(), "torch": torch.__version__,
-            "kernels": _tuning.winners(name)}
     path = _tuning.TUNED_DIR / f"{_tuning.gpu_slug(name)}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    data = _tuning.merge(old, _tuning.winners(name), name, torch.__version__)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path} (triton {triton.__version__})")
     return 0
+
+
+def bench(family: str | None, compare: bool, plot: str | None, readme: bool, stored: bool) -> int:
+    """Run the perf suites (or, with `stored`, read the stored results), print the table;
+    store the results, or with `compare` check them against the stored baseline."""
+    import torch
+
+    from tritonloss import _bench
+    from tritonloss.kernels import _tuning
+
+    chosen = _bench.suites(family)
+    if stored:
+        results = {f"{d.name}/{p.stem}": _bench.load(p) for d in sorted(_bench.RESULTS.iterdir()) if d.is_dir()
+                   for p in sorted(d.glob("*.json")) if family is None or p.stem == family}
+        if not results:
+            print(f"no stored results under {_bench.RESULTS}")
+            return 1
+    elif not torch.cuda.is_available():
+        print("tritonloss bench: timing needs a CUDA GPU and there is none here, so each suite's harness runs "
+              "once on tiny shapes under Triton's interpreter (a smoke test; no timings).")
+        return max(_bench.run_suite(p, None, ["-k", "harness_tiny"]) for p in chosen.values())
+    else:
+        outdir = _bench.RESULTS / _tuning.gpu_slug(torch.cuda.get_device_name())
+        outdir.mkdir(parents=True, exist_ok=True)
+        results, status = {}, 0
+        for fam, suite in chosen.items():
+            new_path, base_path = outdir / f".{fam}.new.json", outdir / f"{fam}.json"
+            status = _bench.run_suite(suite, new_path, []) or status
+            if not new_path.exists():
+                continue
+            results[fam] = _bench.load(new_path)
+            if compare and base_path.exists():
+                try:
+                    slower = _bench.compare(results[fam], _bench.load(base_path))
+                except ValueError as e:
+                    print(e)
+                    return 2
+                for line in slower:
+                    print(f"SLOWER {line}")
+                status = status or (1 if slower else 0)
+                new_path.unlink()
+            else:
+                new_path.replace(base_path)
+        if status:
+            print("tritonloss bench: FAILED (a suite failed or a benchmark is >10% slower than its baseline)")
+    print(_bench.table(results))
+    if plot:
+        _bench.plot(results, plot)
+        print(f"wrote {plot}")
+    if readme:
+        _bench.write_readme(results)
+        print(f"updated the results table in {_bench.README}")
+    return 0 if stored else status
 
 
 def info() -> int:
@@ -133,7 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="every loss against its float64 reference")
     p_check.add_argument("--quick", action="store_true", help="fewer shapes, fp32 only")
     p_check.add_argument("--family", help="only this family (regression, classification, ...)")
-    sub.add_parser("tune", help="autotune the kernels on this GPU, write kernels/tuned/<gpu>.json")
+    p_tune = sub.add_parser("tune", help="autotune the kernels on this GPU, write kernels/tuned/<gpu>.json")
+    p_tune.add_argument("--family", help="only this family's kernels")
+    p_tune.add_argument("--quick", action="store_true", help="fp32 and one shape per loss")
+    p_bench = sub.add_parser("bench", help="run the perf suites, store / compare results, plot")
+    p_bench.add_argument("--family", help="only this family's suite")
+    p_bench.add_argument("--compare", action="store_true",
+                         help="fail if a benchmark is >10%% slower than the stored baseline (stores nothing)")
+    p_bench.add_argument("--plot", metavar="PNG", help="write a speedup plot")
+    p_bench.add_argument("--readme", action="store_true", help="write the results table into README.md")
+    p_bench.add_argument("--stored", action="store_true", help="report the stored results, run nothing")
     args = parser.parse_args(argv)
     if args.command == "check":
         if not _kernel_env_ready():
@@ -141,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             argv = sys.argv[1:] if argv is None else argv
             os.execve(sys.executable, [sys.executable, "-m", "tritonloss.cli", *argv], env)
         return check(args.quick, args.family)
-    return tune() if args.command == "tune" else info()
+    if args.command == "tune":
+        return tune(args.family, args.quick)
+    if args.command == "bench":
+        return bench(args.family, args.compare, args.plot, args.readme, args.stored)
+    return info()
 
 
 if __name__ == "__main__":
