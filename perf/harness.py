@@ -4,7 +4,8 @@
 autotune, then on CUDA records into `benchmark.extra_info`: the GPU time (median of
 triton.testing.do_bench, which flushes L2), the peak memory the step allocates beyond
 what was live before it, and, when given, GB/s and % of the measured copy bandwidth
-(memory-bound losses) or TFLOP/s (matmul-bound ones); pytest-benchmark then times the
+(memory-bound losses) or TFLOP/s and % of a measured bf16 GEMM (matmul-bound ones);
+pytest-benchmark then times the
 synchronised step. Without CUDA the step runs once under the interpreter (a smoke test of
 the harness: no timing claims come from it).
 """
@@ -28,6 +29,17 @@ def copy_bandwidth_gbps() -> float:
     dst = torch.empty_like(src)
     ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
     return 2 * src.numel() * 4 / ms / 1e6
+
+
+@functools.cache
+def matmul_tflops() -> float:
+    """bf16 8192^3 GEMM on the tensor cores: the measured peak the margin family's TFLOP/s is
+    compared with (the 8 B D C floor runs at this rate at best)."""
+    import triton
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda: a @ a, return_mode="median")
+    return 2 * 8192**3 / ms / 1e9
 
 
 def pick(impl: str, fused, eager):
@@ -62,7 +74,9 @@ def measure(benchmark, step, *, bytes_moved: int | None = None, flops: float | N
         info.update(bytes=bytes_moved, gbps=gbps, copy_gbps=copy_bandwidth_gbps(),
                     pct_of_copy=100 * gbps / copy_bandwidth_gbps())
     if flops is not None:
-        info.update(flops=flops, tflops=flops / ms / 1e9)
+        tflops = flops / ms / 1e9
+        info.update(flops=flops, tflops=tflops, matmul_tflops=matmul_tflops(),
+                    pct_of_matmul=100 * tflops / matmul_tflops())
     benchmark.extra_info.update(info)
 
     def timed():

@@ -84,8 +84,8 @@ def rows(result: dict) -> list[dict]:
             row[f"vs_{impl}"] = other / ours if other else None
         if "pct_of_copy" in info:
             row["throughput"] = f"{info['gbps']:.0f} GB/s ({info['pct_of_copy']:.0f}% of copy)"
-        elif "tflops" in info:
-            row["throughput"] = f"{info['tflops']:.0f} TFLOP/s"
+        elif "pct_of_matmul" in info:
+            row["throughput"] = f"{info['tflops']:.0f} TFLOP/s ({info['pct_of_matmul']:.0f}% of bf16 GEMM)"
         else:
             row["throughput"] = ""
         out.append(row)
