@@ -315,6 +315,8 @@ def metric_cases() -> list[Case]:
         Case("center_invariant_loss", F.center_invariant_loss, Rm.center_invariant_loss, invariant,
              tune_shapes=tune),
         Case("ring_loss", F.ring_loss, Rm.ring_loss, ring, tune_shapes=tune),
+        Case("range_loss", F.range_loss, Rm.range_loss, mined(k=3, margin=4.0), reductions=({},),
+             tune_shapes=((1024, 128),)),
         Case("triplet_center_loss", F.triplet_center_loss, Rm.triplet_center_loss, centered, tune_shapes=tune),
         Case("cosine_embedding_loss", F.cosine_embedding_loss, TF.cosine_embedding_loss,
              targeted([1, -1, 0], margin=0.2), tune_shapes=tune),
