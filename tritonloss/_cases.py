@@ -162,6 +162,13 @@ def classification_cases() -> list[Case]:
         return [torch.log_softmax(_randn(s, torch.float32, dev), -1).to(dt),
                 torch.softmax(_randn(s, torch.float32, dev), -1).to(dt)], {}
 
+    def detection(s, dt, dev, **opts):
+        """Dense-detection logits [anchors, C]; labels -1 ignored (10%), 1..C positive (5%), else 0."""
+        n, C = rows(s)
+        u = torch.rand(n, device=dev)
+        t = torch.where(u < 0.1, -1, torch.where(u < 0.15, torch.randint(1, C + 1, (n,), device=dev), 0))
+        return [_randn((n, C), dt, dev, 2), t], opts
+
     return [
         Case("cross_entropy", F.cross_entropy, TF.cross_entropy, ce, tune_shapes=_ROW_TUNE),
         Case("cross_entropy (probabilities)", F.cross_entropy, TF.cross_entropy, ce_prob, tune_shapes=_ROW_TUNE),
@@ -185,6 +192,8 @@ def classification_cases() -> list[Case]:
         Case("hinge_loss", F.hinge_loss, Rc.hinge_loss, functools.partial(signs, margin=0.5)),
         Case("perceptron_loss", F.perceptron_loss, Rc.perceptron_loss, signs),
         Case("exponential_loss", F.exponential_loss, Rc.exponential_loss, signs),
+        Case("dr_loss", F.dr_loss, Rc.dr_loss, detection, reductions=({},), tune_shapes=((100000, 80),)),
+        Case("ap_loss", F.ap_loss, Rc.ap_loss, detection, reductions=({},), tune_shapes=((100000, 80),)),
     ]
 
 

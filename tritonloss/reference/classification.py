@@ -121,7 +121,7 @@ class _APLoss(torch.autograd.Function):
         n_pos = pidx.numel()
         grad = torch.zeros_like(s)
         total = s.new_zeros(())
-        chunk = max(1, 2**22 // max(s.numel(), 1))
+        chunk = max(1, 2**25 // max(s.numel(), 1))
         for start in range(0, n_pos, chunk):
             rows = pidx[start:start + chunk]
             h = torch.clamp((s[None, :] - s[rows][:, None]) / (2 * delta) + 0.5, 0, 1)
