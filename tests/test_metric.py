@@ -240,6 +240,41 @@ def test_center_loss_out_of_range_label_gives_nan_row():
         tritonloss.set_checks(False)
 
 
+def test_out_of_range_labels_on_the_eager_path_give_nan_rows():
+    """float64 takes the eager reference: the same NaN rows as the kernels, no IndexError."""
+    x = torch.randn(3, 4, dtype=torch.float64, device=DEVICE)
+    c = torch.randn(2, 4, dtype=torch.float64, device=DEVICE)
+    labels = torch.tensor([0, 2, -1], device=DEVICE)
+    for out in (tritonloss.center_loss(x, labels, c, "none"),
+                tritonloss.triplet_center_loss(x, labels, c, reduction="none"),
+                tritonloss.center_invariant_loss(labels, c, "none")):
+        assert torch.isfinite(out[0]) and torch.isnan(out[1:]).all()
+
+
+@pytest.mark.parametrize("name", ["triplet_margin_loss", "cosine_embedding_loss", "contrastive_loss", "center_loss",
+                                  "ring_loss", "triplet_center_loss"])
+def test_empty_batch_row_losses(name):
+    """N = 0: "none" empty, "sum" 0, "mean" NaN (torch's mean of nothing), gradients empty."""
+    x = torch.zeros(0, 5, device=DEVICE, requires_grad=True)
+    y = torch.zeros(0, 5, device=DEVICE, requires_grad=True)
+    idx = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    c = torch.randn(3, 5, device=DEVICE)
+    call = {
+        "triplet_margin_loss": lambda r: tritonloss.triplet_margin_loss(x, y, y, reduction=r),
+        "cosine_embedding_loss": lambda r: tritonloss.cosine_embedding_loss(x, y, idx, reduction=r),
+        "contrastive_loss": lambda r: tritonloss.contrastive_loss(x, y, idx, reduction=r),
+        "center_loss": lambda r: tritonloss.center_loss(x, idx, c, r),
+        "ring_loss": lambda r: tritonloss.ring_loss(x, 1.0, r),
+        "triplet_center_loss": lambda r: tritonloss.triplet_center_loss(x, idx, c, reduction=r),
+    }[name]
+    assert call("none").shape == (0,)
+    assert call("sum").item() == 0.0
+    out = call("mean")
+    assert torch.isnan(out)
+    (g,) = torch.autograd.grad(out, [x])
+    assert g.shape == (0, 5)
+
+
 def test_update_centers_matches_rule_and_is_deterministic():
     gen = torch.Generator().manual_seed(11)
     x, c = torch.randn(30, 200, generator=gen), torch.randn(8, 200, generator=gen)

@@ -75,9 +75,21 @@ def triplet_loss(embeddings, labels, *, margin=0.3, mining="batch_hard", distanc
     return loss.sum() / count.clamp(min=1)
 
 
+def _gather_centers(centers, labels):
+    """centers[labels], and which labels are in range (the others read row 0)."""
+    ok = (labels >= 0) & (labels < centers.shape[0])
+    return centers[torch.where(ok, labels, 0)], ok
+
+
+def _nan_where_bad(loss, ok):
+    return torch.where(ok, loss, torch.full((), float("nan"), dtype=loss.dtype, device=loss.device))
+
+
 def center_loss(features, labels, centers, reduction="mean"):
-    diff = features - centers[labels]
-    return _reduce(0.5 * (diff * diff).sum(1), reduction)
+    """A label outside [0, C) gives NaN for its row."""
+    c, ok = _gather_centers(centers, labels)
+    diff = features - c
+    return _reduce(_nan_where_bad(0.5 * (diff * diff).sum(1), ok), reduction)
 
 
 def update_centers(centers, features, labels, alpha):
@@ -104,15 +116,20 @@ def ring_loss(features, radius, reduction="mean"):
 
 
 def triplet_center_loss(features, labels, centers, margin=1.0, reduction="mean"):
+    """A label outside [0, C) gives NaN for its row."""
+    ok = (labels >= 0) & (labels < centers.shape[0])
+    lab = torch.where(ok, labels, 0)[:, None]
     d = 0.5 * ((features[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-    own = d.gather(1, labels[:, None])[:, 0]
-    other = d.scatter(1, labels[:, None], float("inf")).min(1).values
-    return _reduce(F.relu(own + margin - other), reduction)
+    own = d.gather(1, lab)[:, 0]
+    other = d.scatter(1, lab, float("inf")).min(1).values
+    return _reduce(_nan_where_bad(F.relu(own + margin - other), ok), reduction)
 
 
 def center_invariant_loss(labels, centers, reduction="mean"):
+    """A label outside [0, C) gives NaN for its sample."""
     nsq = (centers * centers).sum(1)
-    return _reduce(0.25 * (nsq[labels] - nsq.mean()) ** 2, reduction)
+    ok = (labels >= 0) & (labels < centers.shape[0])
+    return _reduce(_nan_where_bad(0.25 * (nsq[torch.where(ok, labels, 0)] - nsq.mean()) ** 2, ok), reduction)
 
 
 def batch_contrastive_loss(embeddings, labels, margin=1.0):
