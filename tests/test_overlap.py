@@ -160,7 +160,10 @@ OPTIONS = {
     "tversky_loss": COMMON + [{"alpha": 0.3, "beta": 0.7}, {"alpha": 1.0, "beta": 1.0, "batch": True}],
     "focal_tversky_loss": COMMON + [{"gamma": 2.0}, {"gamma": 0.75, "alpha": 0.7, "beta": 0.3}],
 }
-CASES = [(n, i, r) for n in NAMES for i in range(len(OPTIONS[n])) for r in REDUCTIONS]
+# the defaults with every reduction; each other option with "none" (per-(b, c) values) and
+# one of "mean" / "sum" in turn (the reductions do not depend on the options)
+CASES = [(n, i, r) for n in NAMES for i in range(len(OPTIONS[n]))
+         for r in (REDUCTIONS if i == 0 else ["none", REDUCTIONS[1 + i % 2]])]
 
 
 def _with_ignored(labels, opts, seed):
