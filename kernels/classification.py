@@ -931,8 +931,8 @@ AP_BACKWARD_SPACE = _tuning.Space("classification.ap_backward", _ap_backward_ker
 
 
 def ap_forward(x, t, delta):
-    """x contiguous [N, C], t int64 [N]. Positives are compacted on the device (a stable sort
-    of the anchors by "has a positive"; their count stays a device tensor). Returns (0-dim
+    """x contiguous [N, C], t int64 [N]. Positives are compacted on the device (a prefix sum
+    over the anchors and a scatter; their count stays a device tensor). Returns (0-dim
     loss, saved = (pidx, count, 1/D by slot, r by anchor, reduce stats [|P| or 1, loss]))."""
     N, C = x.shape
     n = x.numel()
@@ -940,8 +940,11 @@ def ap_forward(x, t, delta):
     pos = (t >= 1) & (t <= C)
     count = pos.sum(dtype=torch.int32).reshape(1)
     bad = ((t < -1) | (t > C)).any().to(torch.int32).reshape(1)
-    anchors = torch.argsort((~pos).to(torch.uint8), stable=True)
-    pidx = anchors * C + (t[anchors] - 1).clamp(0, C - 1)
+    # slot k < count holds the flat sample index of the k-th positive (in anchor order); the
+    # other anchors scatter to a spare slot N that is never read
+    slot = torch.where(pos, torch.cumsum(pos, 0) - 1, N)
+    flat = torch.arange(N, device=dev) * C + (t - 1).clamp(0, C - 1)
+    pidx = torch.empty(N + 1, dtype=torch.int64, device=dev).scatter_(0, slot, flat)
     ratio = torch.empty(N, dtype=torch.float32, device=dev)
     invd = torch.empty(N, dtype=torch.float32, device=dev)
     out = torch.empty((), dtype=x.dtype, device=dev)

@@ -230,3 +230,29 @@ def test_bad_options(name, kw, error, match):
 def test_device_mismatch():
     with pytest.raises(ValueError, match="target: expected a tensor on meta like input, got cpu"):
         tritonloss.dr_loss(torch.randn(5, 3, device="meta"), _T)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", LOSSES)
+def test_dense_detection_shape(name):
+    """20,000 anchors x 80 classes (1% positive): many blocks, splits and positive tiles."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(20000, 80, generator=gen) * 2
+    u = torch.rand(20000, generator=gen)
+    t = torch.where(u < 0.1, -1, torch.where(u < 0.11, torch.randint(1, 81, (20000,), generator=gen), 0))
+    check(name, x, t)
+
+
+@pytest.mark.gpu
+def test_no_host_sync():
+    x = torch.randn(5000, 80, device="cuda", requires_grad=True)
+    t = _targets(5000, 80, p_pos=0.02).cuda()
+    for name in LOSSES:
+        getattr(tritonloss, name)(x, t).backward()  # compile / autotune
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for name in LOSSES:
+            getattr(tritonloss, name)(x, t).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
