@@ -24,7 +24,13 @@ of `F.normalize`).
 Row losses (triplet_margin, cosine_embedding, contrastive, center, ring) take one program
 per block of rows: a pass over D for the row statistics, then the loss; the backward
 recomputes the statistics and writes the gradients in a second pass. Centers' gradients
-and `update_centers` are segmented sums over the samples sorted by label (no atomics).
+(center, triplet-center, center-invariant) and `update_centers` are segmented sums over
+the samples sorted by label (torch.argsort stable + searchsorted on the device; one
+program per class; no atomics). triplet_center mines the nearest other center over Gram
+tiles like batch_hard. batch_contrastive tiles the pairs with exact distances and its
+backward is a GEMM over the same tiles (nothing B x B stored). range_loss runs one program
+per class over the label-sorted samples (its mean, a k-pass top-k search of its pair
+distances, its samples' gradients) and tiles the pairs of class means for the closest.
 margin_ranking and hinge_embedding are elementwise losses on kernels/_elementwise.py.
 
 Reductions are two stage (per-program or per-anchor partials that `kernels/_reduce.finish`
@@ -32,6 +38,7 @@ adds in a fixed order): deterministic.
 """
 
 import functools
+import itertools
 
 import torch
 import triton
@@ -52,6 +59,22 @@ def _device_name(t: torch.Tensor) -> str | None:
 
 def _dtype_key(*tensors) -> str:
     return "/".join(str(t.dtype).removeprefix("torch.") for t in tensors)
+
+
+def _space(name: str, kernel, default: dict, **choices) -> _tuning.Space:
+    """An autotune Space over the product of `choices` (a list per meta-parameter)."""
+    configs = [dict(zip(choices, values)) for values in itertools.product(*choices.values())]
+    return _tuning.Space(name, kernel, configs, default)
+
+
+def _tuned(space: _tuning.Space, key: tuple, like: torch.Tensor, launch):
+    """`launch(config)` with the config `_tuning.pick` chooses for `key` (DEFAULT under the
+    interpreter). Every launch may be an autotune trial: it must write, not accumulate."""
+    return launch(_tuning.pick(space, key + (_dtype_key(like),), _device_name(like), launch))
+
+
+def _b(n: int) -> int:
+    return _tuning.bucket(n)
 
 
 # --- shared jit helpers ---------------------------------------------------------------------
@@ -189,12 +212,18 @@ def _row_sq_norm_kernel(x_ptr, out_ptr, B, D, BR: tl.constexpr, BD: tl.constexpr
     tl.store(out_ptr + rows, acc, mask=rmask)
 
 
+ROW_SQ_NORM_SPACE = _space("metric.row_sq_norm", _row_sq_norm_kernel,
+                           {"BR": 32, "BD": 64, "num_warps": 4, "num_stages": 1},
+                           BR=[16, 32, 64], BD=[64, 128, 256], num_warps=[2, 4, 8], num_stages=[1])
+
+
 def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
     """fp32 squared norms of the rows of the contiguous 2-D x."""
     B, D = x.shape
     out = torch.empty(B, dtype=torch.float32, device=x.device)
     if B:
-        _row_sq_norm_kernel[(triton.cdiv(B, 32),)](x, out, B, D, BR=32, BD=64)
+        _tuned(ROW_SQ_NORM_SPACE, (_b(B), _b(D)), x,
+               lambda c: _row_sq_norm_kernel[(triton.cdiv(B, c["BR"]),)](x, out, B, D, **c))
     return out
 
 
@@ -320,6 +349,10 @@ HARD_FORWARD_SPACE = _tuning.Space(
 )
 
 
+HARD_BACKWARD_SPACE = _space("metric.triplet_hard_backward", _hard_backward_kernel,
+                             {"num_warps": 4, "num_stages": 1}, num_warps=[1, 2, 4, 8], num_stages=[1])
+
+
 def _upcast_flags(x: torch.Tensor, other: torch.Tensor | None = None) -> dict:
     """tl.dot operand handling: fp32 in IEEE precision (no TF32: mining must see the same
     order as the fp32 reference); fp16 / bf16 on tensor cores; upcast to fp32 under the
@@ -346,8 +379,7 @@ def triplet_hard_forward(x, labels, margin: float, metric: int, normed: bool, so
         _hard_forward_kernel[(triton.cdiv(B, c["BM"]),)](
             x, nsq, labels, part, pidx, nidx, dap, dan, slope, B, D, margin, **flags, **c)
 
-    key = (metric, normed, soft, _tuning.bucket(B), _tuning.bucket(D), _dtype_key(x))
-    launch(_tuning.pick(HARD_FORWARD_SPACE, key, _device_name(x), launch))
+    _tuned(HARD_FORWARD_SPACE, (metric, normed, soft, _b(B), _b(D)), x, launch)
     return part, (nsq, pidx, nidx, dap, dan, slope)
 
 
@@ -361,9 +393,10 @@ def triplet_hard_backward(x, saved, g, stats, metric: int, normed: bool, reduce:
     ends = torch.cat([pidx, nidx])
     order = torch.argsort(ends, stable=True)
     start = torch.searchsorted(ends[order], torch.arange(B + 1, device=x.device))
-    _hard_backward_kernel[(B,)](x, nsq, pidx, nidx, dap, dan, slope, g, stats, order, start, dx, B, D,
-                                METRIC=metric, NORMED=normed, REDUCE=reduce,
-                                BD=triton.next_power_of_2(D))
+    flags = dict(METRIC=metric, NORMED=normed, REDUCE=reduce, BD=triton.next_power_of_2(D))
+    _tuned(HARD_BACKWARD_SPACE, (metric, normed, reduce, _b(B), _b(D)), x,
+           lambda c: _hard_backward_kernel[(B,)](x, nsq, pidx, nidx, dap, dan, slope, g, stats, order, start, dx,
+                                                 B, D, **flags, **c))
     return dx
 
 
@@ -496,7 +529,12 @@ ALL_MINE_SPACE = _tuning.Space(
      for w in (4, 8)],
     {"BP": 32, "BN": 64, "num_warps": 4, "num_stages": 1},
 )
-_PAIRS = {"BM": 32, "BN": 32}  # tiles of pairs with exact distances from [BM, BN, BK] differences
+_PAIR_TILES = dict(BM=[16, 32, 64], BN=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1])
+_PAIR_DEFAULT = {"BM": 32, "BN": 32, "num_warps": 4, "num_stages": 1}
+PDIST_SPACE = _space("metric.pdist", _pdist_kernel, _PAIR_DEFAULT, **_PAIR_TILES)
+ALL_BACKWARD_SPACE = _space("metric.triplet_all_backward", _all_backward_kernel, _PAIR_DEFAULT, **_PAIR_TILES)
+NORMALIZE_BACKWARD_SPACE = _space("metric.normalize_backward", _normalize_backward_kernel,
+                                  {"num_warps": 4, "num_stages": 1}, num_warps=[1, 2, 4, 8], num_stages=[1])
 
 
 def _pair_blocks(x: torch.Tensor) -> dict:
@@ -516,16 +554,16 @@ def triplet_all_forward(x, labels, margin: float, metric: int, normed: bool, sof
     part = torch.empty(2 * B, dtype=torch.float32, device=dev)
     if B == 0:
         return part, (nsq, dist, w)
-    c = _PAIRS
-    _pdist_kernel[(triton.cdiv(B, c["BM"]), triton.cdiv(B, c["BN"]))](
-        x, nsq, dist, B, D, METRIC=metric, NORMED=normed, BK=_pair_blocks(x)["BK"], **c)
+    bk = _pair_blocks(x)["BK"]
+    _tuned(PDIST_SPACE, (metric, normed, _b(B), _b(D)), x,
+           lambda c: _pdist_kernel[(triton.cdiv(B, c["BM"]), triton.cdiv(B, c["BN"]))](
+               x, nsq, dist, B, D, METRIC=metric, NORMED=normed, BK=bk, **c))
 
     def launch(c):
         w.zero_()  # the kernel accumulates into W: reset between autotune trials
         _all_mine_kernel[(B,)](dist, labels, part, w, B, margin, SOFT=soft, **c)
 
-    key = (soft, _tuning.bucket(B))
-    launch(_tuning.pick(ALL_MINE_SPACE, key, _device_name(x), launch))
+    _tuned(ALL_MINE_SPACE, (soft, _b(B)), x, launch)
     return part, (nsq, dist, w)
 
 
@@ -536,11 +574,13 @@ def triplet_all_backward(x, saved, g, stats, metric: int, normed: bool, reduce: 
     if B == 0:
         return dx
     df = torch.empty(B, D, dtype=torch.float32, device=x.device) if normed else dx
-    c, bd = _PAIRS, _pair_blocks(x)["BD"]
-    _all_backward_kernel[(triton.cdiv(B, c["BM"]), triton.cdiv(D, bd))](
-        x, nsq, w, dist, g, stats, dx, df, B, D, METRIC=metric, NORMED=normed, REDUCE=reduce, BD=bd, **c)
+    bd = _pair_blocks(x)["BD"]
+    _tuned(ALL_BACKWARD_SPACE, (metric, normed, reduce, _b(B), _b(D)), x,
+           lambda c: _all_backward_kernel[(triton.cdiv(B, c["BM"]), triton.cdiv(D, bd))](
+               x, nsq, w, dist, g, stats, dx, df, B, D, METRIC=metric, NORMED=normed, REDUCE=reduce, BD=bd, **c))
     if normed:
-        _normalize_backward_kernel[(B,)](df, x, nsq, dx, D, BD=triton.next_power_of_2(D))
+        _tuned(NORMALIZE_BACKWARD_SPACE, (_b(B), _b(D)), x,
+               lambda c: _normalize_backward_kernel[(B,)](df, x, nsq, dx, D, BD=triton.next_power_of_2(D), **c))
     return dx
 
 
@@ -881,7 +921,8 @@ def _center_segment_kernel(x_ptr, c_ptr, order_ptr, start_ptr, coef_ptr, g_ptr, 
         tl.store(out_ptr + j * D + cols, (-acc).to(out_ptr.dtype.element_ty), mask=cm)
 
 
-_SEGMENT_BD = 128
+SEGMENT_SPACE = _space("metric.center_segment", _center_segment_kernel, {"BD": 128, "num_warps": 4, "num_stages": 1},
+                       BD=[64, 128, 256, 512], num_warps=[1, 2, 4], num_stages=[1])
 
 
 def _segments(labels: torch.Tensor, num_classes: int):
@@ -899,21 +940,24 @@ def center_grad(x, centers, labels, g, stats, reduce: int) -> torch.Tensor:
     if C == 0 or D == 0:
         return dc
     order, start = _segments(labels, C)
-    _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](
-        x, centers, order, start, x, g, stats, dc, max(x.shape[0], 1), D, 0.0,
-        UPDATE=False, HAS_COEF=False, REDUCE=reduce, BD=_SEGMENT_BD)
+    _tuned(SEGMENT_SPACE, (False, reduce, _b(x.shape[0]), _b(C), _b(D)), x,
+           lambda c: _center_segment_kernel[(C, triton.cdiv(D, c["BD"]))](
+               x, centers, order, start, x, g, stats, dc, max(x.shape[0], 1), D, 0.0,
+               UPDATE=False, HAS_COEF=False, REDUCE=reduce, **c))
     return dc
 
 
 def update_centers(centers, x, labels, alpha: float) -> None:
-    """In place: c_j -= alpha sum_{y_i = j} (c_j - x_i) / (1 + n_j) (Wen et al. 2016)."""
+    """In place: c_j -= alpha sum_{y_i = j} (c_j - x_i) / (1 + n_j) (Wen et al. 2016).
+    Runs SEGMENT_SPACE's DEFAULT, untuned: an autotune trial would apply the update again."""
     C, D = centers.shape
     if C == 0 or D == 0 or x.shape[0] == 0:
         return
     order, start = _segments(labels, C)
-    _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](
+    c = SEGMENT_SPACE.default
+    _center_segment_kernel[(C, triton.cdiv(D, c["BD"]))](
         x, centers, order, start, x, x, x, centers, x.shape[0], D, alpha,
-        UPDATE=True, HAS_COEF=False, REDUCE=NONE, BD=_SEGMENT_BD)
+        UPDATE=True, HAS_COEF=False, REDUCE=NONE, **c)
 
 
 # --- elementwise pair losses (kernels/_elementwise.py) ---------------------------------------
@@ -1047,6 +1091,10 @@ TC_FORWARD_SPACE = _tuning.Space(
 )
 
 
+TC_DX_SPACE = _space("metric.triplet_center_dx", _tc_dx_kernel, {"BR": 16, "BD": 64, "num_warps": 4, "num_stages": 1},
+                     BR=[8, 16, 32], BD=[64, 128, 256], num_warps=[2, 4, 8], num_stages=[1])
+
+
 def triplet_center_forward(x, centers, labels, margin: float, reduce: int):
     """Loss ("none": [B]) or the 0-dim reduced loss (mean over B), stats, and (nidx, slope)."""
     B, D = x.shape
@@ -1069,8 +1117,7 @@ def triplet_center_forward(x, centers, labels, margin: float, reduce: int):
                                           **flags, **c)
             return part
 
-        key = (reduce, _tuning.bucket(B), _tuning.bucket(C), _tuning.bucket(D), _dtype_key(x, centers))
-        part = launch(_tuning.pick(TC_FORWARD_SPACE, key, _device_name(x), launch))
+        part = _tuned(TC_FORWARD_SPACE, (reduce, _b(B), _b(C), _b(D), _dtype_key(centers)), x, launch)
     if reduce != NONE:
         stats = _reduce.finish(part, part.numel(), out, B, False, reduce)
     return out, stats, (nidx, slope)
@@ -1084,16 +1131,18 @@ def triplet_center_backward(x, centers, labels, saved, g, stats, reduce: int, ne
     dx = torch.empty_like(x) if need[0] else None
     dc = torch.empty_like(centers) if need[1] else None
     if need[0] and B > 0:
-        _tc_dx_kernel[(triton.cdiv(B, 16),)](centers, labels, nidx, slope, g, stats, dx, B, C, D,
-                                             REDUCE=reduce, BR=16, BD=64)
+        _tuned(TC_DX_SPACE, (reduce, _b(B), _b(D)), x,
+               lambda c: _tc_dx_kernel[(triton.cdiv(B, c["BR"]),)](centers, labels, nidx, slope, g, stats, dx,
+                                                                   B, C, D, REDUCE=reduce, **c))
     if need[1] and C > 0 and D > 0:
         # entries i: (sample i, its own center, +slope); B + i: (sample i, its nearest other, -slope)
         ends = torch.cat([torch.where(nidx >= 0, labels, -1), nidx])
         coef = torch.cat([slope, -slope])
         order, start = _segments(ends, C)
-        _center_segment_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](
-            x, centers, order, start, coef, g, stats, dc, max(B, 1), D, 0.0,
-            UPDATE=False, HAS_COEF=True, REDUCE=reduce, BD=_SEGMENT_BD)
+        _tuned(SEGMENT_SPACE, (True, reduce, _b(B), _b(C), _b(D)), x,
+               lambda c: _center_segment_kernel[(C, triton.cdiv(D, c["BD"]))](
+                   x, centers, order, start, coef, g, stats, dc, max(B, 1), D, 0.0,
+                   UPDATE=False, HAS_COEF=True, REDUCE=reduce, **c))
     return dx, dc
 
 
@@ -1138,7 +1187,26 @@ def _ci_center_kernel(c_ptr, gs_ptr, total_ptr, order_ptr, start_ptr, dc_ptr, C,
     tl.store(dc_ptr + j * D + cols, (coef * c).to(dc_ptr.dtype.element_ty), mask=cm)
 
 
-_CI_BLOCK = 1024
+CI_SAMPLE_SPACE = _space("metric.center_invariant_sample", _ci_sample_kernel,
+                         {"BLOCK": 1024, "num_warps": 4, "num_stages": 1},
+                         BLOCK=[1024, 2048, 4096], num_warps=[4, 8], num_stages=[1])
+CI_CENTER_SPACE = _space("metric.center_invariant_center", _ci_center_kernel,
+                         {"BD": 128, "num_warps": 4, "num_stages": 1},
+                         BD=[64, 128, 256, 512], num_warps=[1, 2, 4], num_stages=[1])
+
+
+def _ci_samples(nsq, mean, labels, g, stats, out, C, backward: bool, reduce: int, like):
+    """Run `_ci_sample_kernel` over the B samples; returns its partial sums."""
+    B = labels.shape[0]
+
+    def launch(c):
+        n_part = triton.cdiv(B, c["BLOCK"])
+        part = _reduce.partials(n_part, False, nsq.device)
+        _ci_sample_kernel[(n_part,)](nsq, mean, labels, g, stats, out, part, B, C, BACKWARD=backward,
+                                     REDUCE=reduce, **c)
+        return part
+
+    return _tuned(CI_SAMPLE_SPACE, (backward, reduce, _b(B)), like, launch)
 
 
 def center_invariant_forward(centers, labels, reduce: int):
@@ -1151,14 +1219,12 @@ def center_invariant_forward(centers, labels, reduce: int):
     if C > 0:
         _reduce.finish(nsq, C, mean, C, False, MEAN)
     out = torch.empty((B,) if reduce == NONE else (), dtype=centers.dtype, device=dev)
-    n_part = triton.cdiv(B, _CI_BLOCK)
-    part = _reduce.partials(n_part, False, dev)
+    part = torch.zeros(1, dtype=torch.float32, device=dev)
     if B > 0:
-        _ci_sample_kernel[(n_part,)](nsq, mean, labels, nsq, nsq, out, part, B, C, BACKWARD=False, REDUCE=reduce,
-                                     BLOCK=_CI_BLOCK)
+        part = _ci_samples(nsq, mean, labels, nsq, nsq, out, C, False, reduce, centers)
     stats = torch.zeros(2, dtype=torch.float32, device=dev)
     if reduce != NONE:
-        stats = _reduce.finish(part, n_part, out, B, False, reduce)
+        stats = _reduce.finish(part, part.numel(), out, B, False, reduce)
     return out, stats, (nsq, mean)
 
 
@@ -1171,15 +1237,14 @@ def center_invariant_backward(centers, labels, saved, g, stats, reduce: int):
     if C == 0 or D == 0:
         return dc
     gs = torch.empty(B, dtype=torch.float32, device=dev)
-    n_part = triton.cdiv(B, _CI_BLOCK)
-    part = _reduce.partials(n_part, False, dev)
     total = torch.zeros((), dtype=torch.float32, device=dev)
     if B > 0:
-        _ci_sample_kernel[(n_part,)](nsq, mean, labels, g, stats, gs, part, B, C, BACKWARD=True, REDUCE=reduce,
-                                     BLOCK=_CI_BLOCK)
-        _reduce.finish(part, n_part, total, B, False, SUM)
+        part = _ci_samples(nsq, mean, labels, g, stats, gs, C, True, reduce, centers)
+        _reduce.finish(part, part.numel(), total, B, False, SUM)
     order, start = _segments(labels, C)
-    _ci_center_kernel[(C, triton.cdiv(D, _SEGMENT_BD))](centers, gs, total, order, start, dc, C, D, BD=_SEGMENT_BD)
+    _tuned(CI_CENTER_SPACE, (_b(B), _b(C), _b(D)), centers,
+           lambda c: _ci_center_kernel[(C, triton.cdiv(D, c["BD"]))](centers, gs, total, order, start, dc, C, D,
+                                                                      **c))
     return dc
 
 
@@ -1250,25 +1315,38 @@ def _bc_backward_kernel(x_ptr, lab_ptr, g_ptr, stat_ptr, dx_ptr, B, D, margin, B
              mask=rmask[:, None] & dmask[None, :])
 
 
+BC_FORWARD_SPACE = _space("metric.batch_contrastive_forward", _bc_forward_kernel, _PAIR_DEFAULT, **_PAIR_TILES)
+BC_BACKWARD_SPACE = _space("metric.batch_contrastive_backward", _bc_backward_kernel, _PAIR_DEFAULT, **_PAIR_TILES)
+
+
 def batch_contrastive_forward(x, labels, margin: float):
     """The 0-dim mean over pairs (0 without a pair) and stats = [max(pairs, 1), result]."""
     B, D = x.shape
     pairs = max(B * (B - 1) // 2, 1)
     out = torch.empty((), dtype=x.dtype, device=x.device)
-    n_part = triton.cdiv(B, _PAIRS["BM"])
-    part = _reduce.partials(n_part, False, x.device)
+    part = torch.zeros(1, dtype=torch.float32, device=x.device)
     if B > 0:
-        _bc_forward_kernel[(n_part,)](x, labels, part, B, D, margin, BK=_pair_blocks(x)["BK"], **_PAIRS)
-    return out, _reduce.finish(part, n_part, out, pairs, False, MEAN)
+        bk = _pair_blocks(x)["BK"]
+
+        def launch(c):
+            n_part = triton.cdiv(B, c["BM"])
+            part = _reduce.partials(n_part, False, x.device)
+            _bc_forward_kernel[(n_part,)](x, labels, part, B, D, margin, BK=bk, **c)
+            return part
+
+        part = _tuned(BC_FORWARD_SPACE, (_b(B), _b(D)), x, launch)
+    return out, _reduce.finish(part, part.numel(), out, pairs, False, MEAN)
 
 
 def batch_contrastive_backward(x, labels, margin: float, g, stats):
     B, D = x.shape
     dx = torch.empty_like(x)
     if B > 0 and D > 0:
-        blocks = _pair_blocks(x)
-        _bc_backward_kernel[(triton.cdiv(B, _PAIRS["BM"]), triton.cdiv(D, blocks["BD"]))](
-            x, labels, g, stats, dx, B, D, margin, **blocks, **_PAIRS)
+        bd = _pair_blocks(x)["BD"]
+        blocks = dict(BK=_pair_blocks(x)["BK"], BD=bd)
+        _tuned(BC_BACKWARD_SPACE, (_b(B), _b(D)), x,
+               lambda c: _bc_backward_kernel[(triton.cdiv(B, c["BM"]), triton.cdiv(D, bd))](
+                   x, labels, g, stats, dx, B, D, margin, **blocks, **c))
     return dx
 
 
@@ -1423,6 +1501,13 @@ def _range_backward_kernel(x_ptr, order_ptr, start_ptr, end_ptr, mean_ptr, tk_a_
             tl.store(dx_ptr + i * D + cols, acc.to(dx_ptr.dtype.element_ty), mask=cm)
 
 
+RANGE_CLASS_SPACE = _space("metric.range_class", _range_class_kernel, {"BP": 16, "num_warps": 4, "num_stages": 1},
+                           BP=[16, 32], num_warps=[2, 4, 8], num_stages=[1])
+RANGE_MEANS_SPACE = _space("metric.range_means", _range_means_kernel, _PAIR_DEFAULT, **_PAIR_TILES)
+RANGE_BACKWARD_SPACE = _space("metric.range_backward", _range_backward_kernel, {"num_warps": 4, "num_stages": 1},
+                              num_warps=[1, 2, 4], num_stages=[1])
+
+
 def _class_segments(labels: torch.Tensor):
     """(order, start, end): samples sorted by label (stable) and each position's class segment."""
     order = torch.argsort(labels, stable=True)
@@ -1444,9 +1529,12 @@ def range_forward(x, labels, k: int, margin: float, alpha: float, beta: float):
     bidx = torch.full((max(B, 1),), -1, dtype=torch.int64, device=dev)
     if B > 0:
         blocks = _pair_blocks(x)
-        _range_class_kernel[(B,)](x, order, start, end, mean, tk_a, tk_b, tk_d, tk_c, part, B, D, k, alpha,
-                                  BP=16, BK=blocks["BK"], BD=blocks["BD"])
-        _range_means_kernel[(triton.cdiv(B, 32),)](mean, start, best, bidx, B, D, BM=32, BN=32, BK=blocks["BK"])
+        _tuned(RANGE_CLASS_SPACE, (_b(B), _b(D)), x,
+               lambda c: _range_class_kernel[(B,)](x, order, start, end, mean, tk_a, tk_b, tk_d, tk_c, part, B, D, k,
+                                                   alpha, **blocks, **c))
+        _tuned(RANGE_MEANS_SPACE, (_b(B), _b(D)), x,
+               lambda c: _range_means_kernel[(triton.cdiv(B, c["BM"]),)](mean, start, best, bidx, B, D,
+                                                                        BK=blocks["BK"], **c))
     intra = torch.empty((), dtype=torch.float32, device=dev)
     _reduce.finish(part, part.numel(), intra, 1.0, False, SUM)
     p = torch.argmin(best).reshape(1)  # the first class on ties (NaN counts as the smallest)
@@ -1461,6 +1549,8 @@ def range_backward(x, saved, pq, dmin, g, k: int, margin: float, beta: float):
     dx = torch.empty_like(x)
     if B > 0 and D > 0:
         bd = _pair_blocks(x)["BD"]
-        _range_backward_kernel[(B, triton.cdiv(D, bd))](x, order, start, end, mean, tk_a, tk_b, tk_d, tk_c, pq,
-                                                        dmin, g, dx, B, D, k, margin, beta, BD=bd)
+        _tuned(RANGE_BACKWARD_SPACE, (_b(B), _b(D)), x,
+               lambda c: _range_backward_kernel[(B, triton.cdiv(D, bd))](
+                   x, order, start, end, mean, tk_a, tk_b, tk_d, tk_c, pq, dmin, g, dx, B, D, k, margin, beta,
+                   BD=bd, **c))
     return dx
