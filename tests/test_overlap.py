@@ -242,6 +242,20 @@ def test_half_dtypes(name, dtype, kind):
     run(name, x, t, {"activation": "sigmoid"}, "none", dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.bool])
+def test_index_dtypes(dtype):
+    """Any integer dtype (bool for one channel) gives what int64 indices give; a float64
+    class weight does not move fp32 inputs off the kernels."""
+    C = 1 if dtype == torch.bool else 3
+    shape = (2, C, 6, 7)
+    x = make_input(shape, "sigmoid", 36).to(DEVICE)
+    t = make_target("labels", shape, 36).to(DEVICE)
+    w = torch.rand(C, dtype=torch.float64, device=DEVICE) + 0.5
+    got = tritonloss.dice_loss(x, framed(t.to(dtype)), activation="sigmoid", weight=w, reduction="none")
+    expect = tritonloss.dice_loss(x, t, activation="sigmoid", weight=w.float(), reduction="none")
+    assert got.dtype == torch.float32 and torch.equal(got, expect)
+
+
 def test_mixed_dtypes_target_gradient_in_its_dtype():
     shape = (2, 3, 5, 7)
     x = make_input(shape, "softmax", 31).half().float()

@@ -168,7 +168,7 @@ def _overlap(input, target, form, expo, activation, include_background, squared,
     weight = _check_weight(weight, n_class - (0 if include_background else 1), input)
     if labels and _runtime.may_inspect(target):
         _check_labels(target, n_class, ignore_index)
-    if not _runtime.use_kernels(input, None if labels else target, weight):
+    if not _runtime.use_kernels(input, None if labels else target):  # the kernels read any weight dtype
         return eager(activation, include_background, weight)
 
     B, S = input.shape[0], math.prod(input.shape[2:])
