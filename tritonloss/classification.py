@@ -489,7 +489,7 @@ class _AP(torch.autograd.Function):
 
 def ap_loss(input: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
     """AP-loss for dense detection (Chen et al., "Towards Accurate One-Stage Object Detection
-    with AP-Loss", CVPR 2019), non-interpolated, 0-dim; delta = 1 as in the paper's code.
+    with AP-Loss", CVPR 2019), non-interpolated, 0-dim; delta = 1.0 as in the authors' code.
 
     input [N, C] logits (the scores s), target [N] as `dr_loss` (0 background, k in 1..C
     class k, -1 ignored; samples are the (anchor, class) pairs of non-ignored anchors). With
