@@ -32,12 +32,20 @@ def set_checks(enabled: bool = True) -> None:
 
 
 def checks_enabled() -> bool:
-    return _checks
+    """Whether data-dependent checks run (always False while torch.compile traces)."""
+    return _checks and not tracing()
+
+
+def tracing() -> bool:
+    """True while torch.compile traces: no host reads of tensor values then (they would
+    break the graph), so data-dependent checks are skipped."""
+    return torch.compiler.is_compiling()
 
 
 def may_inspect(t: torch.Tensor) -> bool:
-    """True if reading `t`'s values on the host is allowed (CPU tensor, or checks on)."""
-    return _checks or t.device.type != "cuda"
+    """True if reading `t`'s values on the host is allowed (CPU tensor, or checks on) and
+    torch.compile is not tracing."""
+    return (_checks or t.device.type != "cuda") and not tracing()
 
 
 def use_kernels(*tensors: torch.Tensor | None) -> bool:
