@@ -472,6 +472,34 @@ def test_ring_loss_module_initialises_radius_from_first_batch():
     assert m.radius.item() == r  # only the first batch sets it
 
 
+_Y6 = torch.tensor([0, 0, 1, 1, 2, 0])
+HALF_CASES = {
+    "contrastive_loss": (lambda a, b: tritonloss.contrastive_loss(a, b, torch.tensor([1, 0, 1, 0, 0, 1]).to(DEVICE),
+                                                                margin=6.0),
+                         lambda a, b: R.contrastive_loss(a, b, torch.tensor([1, 0, 1, 0, 0, 1]), 6.0), 2),
+    "ring_loss": (lambda a: tritonloss.ring_loss(a, 4.0, "sum"),
+                  lambda a: R.ring_loss(a, torch.tensor(4.0, dtype=torch.float64), "sum"), 1),
+    "batch_contrastive_loss": (lambda a: tritonloss.batch_contrastive_loss(a, _Y6.to(DEVICE), margin=6.0),
+                               lambda a: R.batch_contrastive_loss(a, _Y6, 6.0), 1),
+    "range_loss": (lambda a: tritonloss.range_loss(a, torch.tensor([0, 0, 1, 1, 1, 2]).to(DEVICE), margin=9.0),
+                   lambda a: R.range_loss(a, torch.tensor([0, 0, 1, 1, 1, 2]), margin=9.0), 1),
+    "center_invariant_loss": (lambda c: tritonloss.center_invariant_loss(torch.tensor([0, 2, 2, 1]).to(DEVICE), c),
+                              lambda c: R.center_invariant_loss(torch.tensor([0, 2, 2, 1]), c), 1),
+    "margin_ranking_loss": (lambda a, b: tritonloss.margin_ranking_loss(a, b, torch.ones(6, 9, device=DEVICE), 0.2),
+                            lambda a, b: TF.margin_ranking_loss(a, b, torch.ones(6, 9, dtype=torch.float64), 0.2), 2),
+}
+
+
+@pytest.mark.parametrize("name", list(HALF_CASES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_dtypes(name, dtype):
+    fn, ref_fn, n = HALF_CASES[name]
+    gen = torch.Generator().manual_seed(28)
+    rows = 3 if name == "center_invariant_loss" else 6
+    xs = [(torch.randn(rows, 9, generator=gen) * 1.5).to(dtype).float() for _ in range(n)]
+    _compare(fn, ref_fn, xs, dtype=dtype, what=f"{name} {dtype}")
+
+
 # --- arguments, modules ------------------------------------------------------------------------
 
 def _x(n=4, d=3):
