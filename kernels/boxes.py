@@ -53,11 +53,12 @@ def _corners(a, b, c, d, FMT: tl.constexpr):
 @triton.jit
 def _to_xyxy(a, b, c, d, FMT: tl.constexpr):
     if FMT == 0:  # xyxy
-        return a, b, c, d
+        x1, y1, x2, y2 = a, b, c, d
     elif FMT == 1:  # xywh
-        return a, b, a + c, b + d
+        x1, y1, x2, y2 = a, b, a + c, b + d
     else:  # cxcywh
-        return a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
+        x1, y1, x2, y2 = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
+    return x1, y1, x2, y2
 
 
 @triton.jit
@@ -78,11 +79,15 @@ def _raw_axis_grad(lo, hi, g_lo, g_hi, g_w, FMT: tl.constexpr):
     inv = hi < lo  # collapsed: both corners are the midpoint, the extent is constant 0
     half = 0.5 * (g_lo + g_hi)
     if FMT == 0:
-        return tl.where(inv, half, g_lo - g_w), tl.where(inv, half, g_hi + g_w)
+        g_first = tl.where(inv, half, g_lo - g_w)
+        g_second = tl.where(inv, half, g_hi + g_w)
     elif FMT == 1:
-        return g_lo + g_hi, tl.where(inv, half, g_hi + g_w)
+        g_first = g_lo + g_hi
+        g_second = tl.where(inv, half, g_hi + g_w)
     else:
-        return g_lo + g_hi, tl.where(inv, 0.0, 0.5 * (g_hi - g_lo) + g_w)
+        g_first = g_lo + g_hi
+        g_second = tl.where(inv, 0.0, 0.5 * (g_hi - g_lo) + g_w)
+    return g_first, g_second
 
 
 @triton.jit
