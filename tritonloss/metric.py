@@ -250,18 +250,19 @@ def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: 
     return _unbatch(out, unbatched, reduction)
 
 
-def cosine_embedding_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
+def cosine_embedding_loss(x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor,
                           margin: float = 0.0, reduction: str = "mean") -> torch.Tensor:
     """torch `F.cosine_embedding_loss`: with cos = x1.x2 / sqrt((norm(x1)^2 + 1e-12)(norm(x2)^2 + 1e-12)),
     1 - cos where target == 1, clamp_min(cos - margin, 0) where target == -1, and 0 for
-    any other target value. Inputs [N, D] with target [N], or [D] with a 0-dim target."""
+    any other target value. Inputs [N, D] with target [N], or [D] with a 0-dim target
+    (torch names the inputs input1 and input2)."""
     _validate.reduction(reduction)
     margin = _validate.number("margin", margin)
-    (x1, x2), unbatched = _pair_rows(("input1", "input2"), (input1, input2))
-    t = _row_target("target", target, x1.shape[0], unbatched, x1)
-    if not _runtime.use_kernels(input1, input2):
-        return F.cosine_embedding_loss(input1, input2, target, margin=margin, reduction=reduction)
-    out = _rows(K.COSINE_EMBEDDING, reduction, x1, x2, target=t, params=(margin, 0.0, 0.0))
+    (a, b), unbatched = _pair_rows(("x1", "x2"), (x1, x2))
+    t = _row_target("target", target, a.shape[0], unbatched, a)
+    if not _runtime.use_kernels(x1, x2):
+        return F.cosine_embedding_loss(x1, x2, target, margin=margin, reduction=reduction)
+    out = _rows(K.COSINE_EMBEDDING, reduction, a, b, target=t, params=(margin, 0.0, 0.0))
     return _unbatch(out, unbatched, reduction)
 
 
@@ -300,22 +301,23 @@ def ring_loss(features: torch.Tensor, radius: torch.Tensor | float, reduction: s
     return _rows(K.RING, reduction, features.contiguous(), radius=radius)
 
 
-def margin_ranking_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
+def margin_ranking_loss(x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor,
                         margin: float = 0.0, reduction: str = "mean") -> torch.Tensor:
-    """torch `F.margin_ranking_loss`: clamp_min(-target (input1 - input2) + margin, 0),
-    broadcasting; all three tensors are differentiated, as in torch."""
+    """torch `F.margin_ranking_loss` (whose inputs are named input1, input2):
+    clamp_min(-target (x1 - x2) + margin, 0), broadcasting; all three tensors are
+    differentiated, as in torch."""
     _validate.reduction(reduction)
     margin = _validate.number("margin", margin)
-    for name, t in (("input1", input1), ("input2", input2), ("target", target)):
+    for name, t in (("x1", x1), ("x2", x2), ("target", target)):
         _validate.floating(name, t)
-    if not (input1.dim() == input2.dim() == target.dim()):
-        raise ValueError(f"expected input1, input2, target with the same number of dimensions, got "
-                         f"{tuple(input1.shape)}, {tuple(input2.shape)}, {tuple(target.shape)}")
-    _validate.same_device(input1=input1, input2=input2, target=target)
-    shape = _validate.broadcast(input1=input1, input2=input2, target=target)
-    if not _runtime.use_kernels(input1, input2, target):
-        return F.margin_ranking_loss(input1, input2, target, margin=margin, reduction=reduction)
-    return _elementwise.apply(K, K.MARGIN_RANKING, reduction, shape, input1, input2, target, params=(margin,))
+    if not (x1.dim() == x2.dim() == target.dim()):
+        raise ValueError(f"expected x1, x2, target with the same number of dimensions, got "
+                         f"{tuple(x1.shape)}, {tuple(x2.shape)}, {tuple(target.shape)}")
+    _validate.same_device(x1=x1, x2=x2, target=target)
+    shape = _validate.broadcast(x1=x1, x2=x2, target=target)
+    if not _runtime.use_kernels(x1, x2, target):
+        return F.margin_ranking_loss(x1, x2, target, margin=margin, reduction=reduction)
+    return _elementwise.apply(K, K.MARGIN_RANKING, reduction, shape, x1, x2, target, params=(margin,))
 
 
 def hinge_embedding_loss(input: torch.Tensor, target: torch.Tensor, margin: float = 1.0,
