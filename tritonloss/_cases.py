@@ -342,31 +342,5 @@ def family_cases(family: str) -> list[Case]:
     return make()
 
 
-def boxes_cases() -> list[Case]:
-    """Box pairs of shape [*shape, 4] (so shape (2**10, 2**10) is 2^20 pairs), xyxy unless
-    the case names another format."""
-    R = reference.boxes
-
-    def boxes(s, dt, dev):
-        xy = _rand((*s, 2), torch.float32, dev, 0, 100)
-        return torch.cat([xy, xy + _rand((*s, 2), torch.float32, dev, 1, 50)], -1).to(dt)
-
-    def pair(**opts):
-        return lambda s, dt, dev: ([boxes(s, dt, dev), boxes(s, dt, dev)], opts)
-
-    def case(name, **opts):
-        return Case(name, getattr(F, name), getattr(R, name), pair(**opts), tune_shapes=((2**10, 2**10),))
-
-    return [
-        case("iou_loss", mode="log"),
-        case("giou_loss"),
-        case("diou_loss", box_format="xywh"),
-        case("ciou_loss"),
-        case("eiou_loss", box_format="cxcywh"),
-        case("focal_eiou_loss"),
-        case("cdiou_loss", base="diou"),
-    ]
-
-
 def all_cases() -> list[Case]:
     return regression_cases() + classification_cases() + overlap_cases() + boxes_cases() + metric_cases()
