@@ -163,10 +163,13 @@ def classification_cases() -> list[Case]:
                 torch.softmax(_randn(s, torch.float32, dev), -1).to(dt)], {}
 
     def detection(s, dt, dev, **opts):
-        """Dense-detection logits [anchors, C]; labels -1 ignored (10%), 1..C positive (5%), else 0."""
+        """Dense-detection logits [anchors, C]; labels -1 ignored (10%), 1..C positive (1% of a
+        large set as in RetinaNet, 30% of a small one so that checks see several), else 0."""
         n, C = rows(s)
+        p_pos = 0.01 if n >= 10000 else 0.3
         u = torch.rand(n, device=dev)
-        t = torch.where(u < 0.1, -1, torch.where(u < 0.15, torch.randint(1, C + 1, (n,), device=dev), 0))
+        t = torch.where(u < 0.1, -1, torch.where(u < 0.1 + p_pos, torch.randint(1, C + 1, (n,), device=dev), 0))
+        t[0] = C  # at least one positive
         return [_randn((n, C), dt, dev, 2), t], opts
 
     return [
