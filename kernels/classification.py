@@ -953,7 +953,8 @@ def ap_forward(x, t, delta):
     parts = {}
 
     def launch(c):
-        n_split = max(1, min(c["SPLIT"], triton.cdiv(n, c["BLOCK_S"])))
+        # the partials (2 n_split N floats) stay within the input's size: n_split <= C / 2
+        n_split = max(1, min(c["SPLIT"], triton.cdiv(n, c["BLOCK_S"]), C // 2))
         chunk = triton.cdiv(triton.cdiv(n, n_split), c["BLOCK_S"]) * c["BLOCK_S"]
         if n_split not in parts:
             parts[n_split] = torch.empty(2 * n_split * N, dtype=torch.float32, device=dev)
