@@ -175,15 +175,17 @@ def test_triplet_nothing_to_average_gives_attached_zero(mining):
     assert out.item() == 0.0
 
 
-def test_triplet_empty_batch():
-    x = torch.zeros(0, 4, device=DEVICE, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # kernels, eager reference
+def test_triplet_empty_batch(dtype):
+    x = torch.zeros(0, 4, device=DEVICE, dtype=dtype, requires_grad=True)
     y = torch.zeros(0, dtype=torch.long, device=DEVICE)
-    assert tritonloss.triplet_loss(x, y, reduction="none").shape == (0,)
-    for reduction in ("mean", "sum"):
-        out = tritonloss.triplet_loss(x, y, reduction=reduction, mining="batch_all")
-        assert out.item() == 0.0
-        (g,) = torch.autograd.grad(out, [x])
-        assert g.shape == (0, 4)
+    for mining in ("batch_hard", "batch_all"):
+        assert tritonloss.triplet_loss(x, y, reduction="none", mining=mining).shape == (0,)
+        for reduction in ("mean", "sum"):
+            out = tritonloss.triplet_loss(x, y, reduction=reduction, mining=mining)
+            assert out.item() == 0.0
+            (g,) = torch.autograd.grad(out, [x])
+            assert g.shape == (0, 4)
 
 
 def test_triplet_nan_propagates():

@@ -55,6 +55,9 @@ def batch_hard_indices(dist: torch.Tensor, labels: torch.Tensor):
 
 def triplet_loss(embeddings, labels, *, margin=0.3, mining="batch_hard", distance="euclidean",
                  normalize=False, soft_margin=False, reduction="mean"):
+    if embeddings.shape[0] == 0:  # nothing to mine: [0] for "none", else 0 attached to the graph
+        empty = embeddings.sum(1)
+        return empty if reduction == "none" else empty.sum()
     dist = pairwise_distance(embeddings, distance, normalize)
     zero = torch.zeros((), dtype=dist.dtype, device=dist.device)
     if mining == "batch_hard":
