@@ -138,6 +138,7 @@ def classification_cases() -> list[Case]:
 
     def multilabel(s, dt, dev):
         n, C = rows(s)
+        C = min(C, 64)  # O(C^2) per row: keeps interpreted runs short
         t = torch.randint(0, C, (n, C), device=dev)
         t[:, 5] = -1
         return [_randn((n, C), dt, dev), t], {}
@@ -237,12 +238,18 @@ def boxes_cases() -> list[Case]:
     the case names another format."""
     R = reference.boxes
 
-    def boxes(s, dt, dev):
-        xy = _rand((*s, 2), torch.float32, dev, 0, 100)
-        return torch.cat([xy, xy + _rand((*s, 2), torch.float32, dev, 1, 50)], -1).to(dt)
-
     def pair(**opts):
-        return lambda s, dt, dev: ([boxes(s, dt, dev), boxes(s, dt, dev)], opts)
+        """A target box and a prediction near it (as in box regression): corners in
+        [0, 100], sides in [1, 50], each prediction corner moved by up to 30% of the side."""
+
+        def make(s, dt, dev):
+            xy = _rand((*s, 2), torch.float32, dev, 0, 100)
+            target = torch.cat([xy, xy + _rand((*s, 2), torch.float32, dev, 1, 50)], -1)
+            side = (target[..., 2:] - target[..., :2]).repeat(*([1] * len(s)), 2)
+            pred = target + side * _rand((*s, 4), torch.float32, dev, -0.3, 0.3)
+            return [pred.to(dt), target.to(dt)], opts
+
+        return make
 
     def case(name, **opts):
         return Case(name, getattr(F, name), getattr(R, name), pair(**opts), tune_shapes=((2**10, 2**10),))
@@ -311,7 +318,8 @@ def metric_cases() -> list[Case]:
     def invariant(s, dt, dev):
         B, D = dims(s)
         C = max(B // 4, 2)
-        return [torch.randint(0, C, (B,), device=dev), _randn((C, D), dt, dev)], {}
+        scale = _rand((C, 1), torch.float32, dev, 0.5, 1.5)  # norms that differ: a well-conditioned case
+        return [torch.randint(0, C, (B,), device=dev), (_randn((C, D), torch.float32, dev) * scale).to(dt)], {}
 
     return [
         Case("triplet_loss", F.triplet_loss, Rm.triplet_loss, mined(margin=0.5), tune_shapes=tune),
@@ -337,6 +345,41 @@ def metric_cases() -> list[Case]:
     ]
 
 
+def margin_cases() -> list[Case]:
+    """Face recognition: shape read as (B, D) (1-D: (B, 24); more dims: B = their product)
+    with C = 70 classes (three class blocks of the default tile) and 10% ignored labels."""
+    Rg = reference.margin
+    num_classes = 70
+
+    def head(bias=False, scale_w=1.0, **opts):
+        def make(s, dt, dev):
+            B, D = (s[0], 24) if len(s) == 1 else (math.prod(s[:-1]), s[-1])
+            y = torch.randint(0, num_classes, (B,), device=dev)
+            y[torch.rand(B, device=dev) < 0.1] = -100
+            args = [_randn((B, D), dt, dev), _randn((num_classes, D), dt, dev, scale_w), y]
+            if bias:
+                args.append(_randn((num_classes,), dt, dev))
+            return args, opts
+        return make
+
+    tune = ((4096, 512),)
+    return [
+        Case(name, getattr(F, name.split("[")[0]), getattr(Rg, name.split("[")[0]), make, tune_shapes=tune)
+        for name, make in (
+            ("margin_cross_entropy", head(scale=32.0, m1=1.2, m2=0.3, m3=0.1)),
+            ("margin_cross_entropy[detached]", head(scale=32.0, m2=0.5, margin_grad="detached")),
+            ("arcface_loss", head(scale=16.0)),
+            ("cosface_loss", head(scale=16.0)),
+            ("normface_loss", head()),
+            ("coco_loss", head()),
+            ("l2_softmax_loss", head(bias=True, scale_w=0.05, alpha=10.0)),
+            ("sphereface_loss", head(margin=4, lambda_=5.0)),
+            ("large_margin_softmax_loss", head(scale_w=0.2, margin=3, lambda_=2.0)),
+            ("linear_cross_entropy", head(bias=True, scale_w=0.2, label_smoothing=0.1)),
+        )
+    ]
+
+
 def family_cases(family: str) -> list[Case]:
     """The cases of one family, by its module name (regression, classification, ...)."""
     make = globals().get(f"{family}_cases")
@@ -346,4 +389,5 @@ def family_cases(family: str) -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return regression_cases() + classification_cases() + overlap_cases() + boxes_cases() + metric_cases()
+    return (regression_cases() + classification_cases() + overlap_cases() + boxes_cases() + metric_cases()
+            + margin_cases())

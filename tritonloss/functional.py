@@ -30,6 +30,17 @@ from .classification import (
     soft_margin_loss,
     softmax_focal_loss,
 )
+from .margin import (
+    arcface_loss,
+    coco_loss,
+    cosface_loss,
+    l2_softmax_loss,
+    large_margin_softmax_loss,
+    linear_cross_entropy,
+    margin_cross_entropy,
+    normface_loss,
+    sphereface_loss,
+)
 from .metric import (
     batch_contrastive_loss,
     center_invariant_loss,
@@ -62,6 +73,15 @@ from .regression import (
 )
 
 __all__ = [
+    "arcface_loss",
+    "coco_loss",
+    "cosface_loss",
+    "l2_softmax_loss",
+    "large_margin_softmax_loss",
+    "linear_cross_entropy",
+    "margin_cross_entropy",
+    "normface_loss",
+    "sphereface_loss",
     "box_iou",
     "cdiou_loss",
     "ciou_loss",

@@ -7,6 +7,17 @@ from __future__ import annotations
 import torch
 
 from . import functional as F
+from .margin import (  # noqa: F401 (the face-recognition heads own their weight)
+    ArcFace,
+    COCOLoss,
+    CombinedMarginLoss,
+    CosFace,
+    L2Softmax,
+    LargeMarginSoftmax,
+    LinearCrossEntropy,
+    NormFace,
+    SphereFace,
+)
 from .metric import update_centers
 
 
