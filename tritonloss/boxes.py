@@ -14,7 +14,8 @@ with a zero gradient there; min / max split their gradient evenly at ties (torch
 GIoU penalty (C - U) / (C + eps) is 0, with no gradient, where the enclosing area C is 0
 (torchvision's gradient there is of order 1/eps); distances have a zero gradient at 0.
 With these rules every loss and gradient is finite for zero-area and identical boxes in
-every format (for eps > 0). Non-degenerate boxes give exactly torchvision's values.
+every format (for eps > 0). Non-degenerate boxes give torchvision's values (for CIoU see
+ciou_loss).
 """
 
 from __future__ import annotations
