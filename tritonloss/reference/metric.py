@@ -24,13 +24,14 @@ def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_distance(x: torch.Tensor, distance: str = "euclidean", normalize: bool = False) -> torch.Tensor:
-    """[B, B] distances between the rows of x (exact differences, no Gram expansion)."""
+    """[B, B] distances between the rows of x: exact differences (torch.cdist without the
+    Gram expansion, nothing B x B x D), gradient 0 at distance 0."""
     if normalize or distance == "cosine":
         x = F.normalize(x, dim=1, eps=_NORM_EPS)
     if distance == "cosine":
         return 1.0 - x @ x.T
-    sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    return sq if distance == "squared" else _safe_sqrt(sq)
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    return d * d if distance == "squared" else d
 
 
 def _label_masks(labels: torch.Tensor):
