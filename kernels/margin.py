@@ -318,7 +318,7 @@ def _dx_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_
     acc = tl.zeros([BB, BD], tl.float32)
     q = tl.zeros([BB], tl.float32)
     for c0 in range(0, C, BC):
-        cols = c0 + tl.arange(0, BC)
+        cols = (c0 + tl.arange(0, BC)).to(tl.int64)
         cmask = cols < C
         a, dl, zb, is_t = _dlogit_tile(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, row_ptr, rows, rmask, y, valid, g,
                                        cols, cmask, B, C, D, scale, eps_smooth, NORM_X, NORM_W, HAS_BIAS,
@@ -363,7 +363,7 @@ def _dw_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_
     tw = tl.zeros([BC], tl.float32)  # sum_i [y_i = j] dl_t TW_i
     dbias = tl.zeros([BC], tl.float32)
     for r0 in range(0, B, BB):
-        rows = r0 + tl.arange(0, BB)
+        rows = (r0 + tl.arange(0, BB)).to(tl.int64)
         rmask = rows < B
         y = tl.load(y_ptr + rows, mask=rmask, other=ignore_index)
         valid = rmask & (y != ignore_index)
@@ -419,12 +419,17 @@ FORWARD_SPACE = _tuning.Space(
     "margin.forward", _partial_kernel, _configs((64, 128), (64, 128), (32, 64), (4, 8), (3, 4)),
     {"BB": 32, "BC": 32, "BK": 32, "num_warps": 4, "num_stages": 2},
 )
+# wide D blocks (fewer recomputations of the logits per row block; shared memory within H100 limits)
+_WIDE_D = [{"BB": 64, "BC": 64, "BK": 64, "BD": 256, "num_warps": 8, "num_stages": 2},
+           {"BB": 32, "BC": 64, "BK": 64, "BD": 512, "num_warps": 8, "num_stages": 2}]
 DX_SPACE = _tuning.Space(
-    "margin.dx", _dx_kernel, _configs((64, 128), (64, 128), (32, 64), (4, 8), (2, 3), bd=(64, 128)),
+    "margin.dx", _dx_kernel, _configs((64, 128), (64, 128), (32, 64), (4, 8), (2, 3), bd=(64, 128)) + _WIDE_D,
     {"BB": 32, "BC": 32, "BK": 32, "BD": 64, "num_warps": 4, "num_stages": 2},
 )
 DW_SPACE = _tuning.Space(
-    "margin.dw", _dw_kernel, _configs((64, 128), (64, 128), (32, 64), (4, 8), (2, 3), bd=(64, 128)),
+    "margin.dw", _dw_kernel,
+    _configs((64, 128), (64, 128), (32, 64), (4, 8), (2, 3), bd=(64, 128))
+    + [{**c, "BB": c["BC"], "BC": c["BB"]} for c in _WIDE_D],
     {"BB": 32, "BC": 32, "BK": 32, "BD": 64, "num_warps": 4, "num_stages": 2},
 )
 _FINISH_BB, _FINISH_BS, _FINISH_BK = 32, 32, 32

@@ -347,13 +347,16 @@ def metric_cases() -> list[Case]:
 
 def margin_cases() -> list[Case]:
     """Face recognition: shape read as (B, D) (1-D: (B, 24); more dims: B = their product)
-    with C = 70 classes (three class blocks of the default tile) and 10% ignored labels."""
+    with C = 70 classes (three class blocks of the default tile) and 10% ignored labels.
+    Under the interpreter D is capped at 40 (the backward recomputes the logits per D block)."""
     Rg = reference.margin
     num_classes = 70
 
     def head(bias=False, scale_w=1.0, **opts):
         def make(s, dt, dev):
             B, D = (s[0], 24) if len(s) == 1 else (math.prod(s[:-1]), s[-1])
+            if torch.device(dev).type == "cpu":
+                D = min(D, 40)
             y = torch.randint(0, num_classes, (B,), device=dev)
             y[torch.rand(B, device=dev) < 0.1] = -100
             args = [_randn((B, D), dt, dev), _randn((num_classes, D), dt, dev, scale_w), y]
