@@ -123,7 +123,8 @@ def triplet_center_loss(features, labels, centers, margin=1.0, reduction="mean")
     """A label outside [0, C) gives NaN for its row."""
     ok = (labels >= 0) & (labels < centers.shape[0])
     lab = torch.where(ok, labels, 0)[:, None]
-    d = 0.5 * ((features[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+    dtype = torch.promote_types(features.dtype, centers.dtype)
+    d = 0.5 * torch.cdist(features.to(dtype), centers.to(dtype), compute_mode="donot_use_mm_for_euclid_dist") ** 2
     own = d.gather(1, lab)[:, 0]
     other = d.scatter(1, lab, float("inf")).min(1).values
     return _reduce(_nan_where_bad(F.relu(own + margin - other), ok), reduction)
@@ -139,9 +140,8 @@ def center_invariant_loss(labels, centers, reduction="mean"):
 def batch_contrastive_loss(embeddings, labels, margin=1.0):
     B = embeddings.shape[0]
     i, j = torch.triu_indices(B, B, 1, device=embeddings.device)
-    sq = ((embeddings[i] - embeddings[j]) ** 2).sum(-1)
-    d = _safe_sqrt(sq)
-    loss = torch.where(labels[i] == labels[j], 0.5 * sq, 0.5 * F.relu(margin - d) ** 2)
+    d = pairwise_distance(embeddings)[i, j]
+    loss = torch.where(labels[i] == labels[j], 0.5 * d * d, 0.5 * F.relu(margin - d) ** 2)
     return loss.sum() / max(len(loss), 1)
 
 
