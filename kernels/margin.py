@@ -134,6 +134,12 @@ def _partial_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, part_ptr, B, C, 
 
 
 @triton.jit
+def _clamp_cos(c):
+    """c clamped to [-1, 1]; NaN stays NaN (tl.minimum / maximum would drop it)."""
+    return tl.where(c != c, c, tl.minimum(tl.maximum(c, -1.0), 1.0))
+
+
+@triton.jit
 def _combined(c, m1, m2, m3, th_cos, EASY: tl.constexpr, DETACHED: tl.constexpr):
     """F(c) = cos(m1 theta + m2) - m3 while m1 theta + m2 <= pi (c >= th_cos), else the
     continuation c - (1 + m3 + cos theta_max); easy_margin keeps c where c <= 0.
@@ -212,14 +218,14 @@ def _finish_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, part_ptr, out_ptr
         if NORM_W:
             t_w = -pw * rw * (phi - bias)
     elif KIND == 1:  # combined margin, both normalised, no bias: phi = scale F(c)
-        c = tl.minimum(tl.maximum(dot * rx * rw, -1.0), 1.0)
+        c = _clamp_cos(dot * rx * rw)
         f, df = _combined(c, m1, m2, m3, th_cos, EASY, DETACHED)
         phi = scale * f
         t_dot = scale * df * rx * rw
         t_x = -scale * df * c * px * rx
         t_w = -scale * df * c * pw * rw
     else:  # SphereFace (W normalised) / L-Softmax (nothing): phi = |x| fw G(c)
-        c = tl.minimum(tl.maximum(dot * rx * rw, -1.0), 1.0)
+        c = _clamp_cos(dot * rx * rw)
         g, dg = _psi(c, mi, lam)
         fw = nw
         if NORM_W:
@@ -245,7 +251,8 @@ def _finish_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, part_ptr, out_ptr
         off = rows[:, None] * n_split + ss[None, :]
         pmax = tl.load(part_ptr + off, mask=pm, other=float("-inf"))
         psum = tl.load(part_ptr + B * n_split + off, mask=pm, other=0.0)
-        se += tl.sum(tl.where(pmax == float("-inf"), 0.0, psum * tl.exp(pmax - mx[:, None])), axis=1)
+        # psum is 0 where a split saw no logit (pmax -inf) and NaN where it saw a NaN
+        se += tl.sum(tl.where(psum == 0.0, 0.0, psum * tl.exp(pmax - mx[:, None])), axis=1)
         if SMOOTH:
             zsum += tl.sum(tl.load(part_ptr + 2 * B * n_split + off, mask=pm, other=0.0), axis=1)
     lse = mx + tl.log(se)

@@ -98,6 +98,24 @@ def test_linear_cross_entropy_matches_torch(reduction="mean"):
     _compare(M.linear_cross_entropy, ref, x, w, y, b, reduction=reduction, label_smoothing=0.15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_cross_entropy_rows(dtype):
+    """reduction "none" with bias, label smoothing and ignored rows, against torch itself."""
+    x, w, y, b = _data(w_scale=0.3, bias=True)
+
+    def ref(i, wt, t, bb, reduction, label_smoothing):
+        return TF.cross_entropy(TF.linear(i, wt, bb), t, reduction=reduction, label_smoothing=label_smoothing)
+
+    _compare(M.linear_cross_entropy, ref, x, w, y, b, dtype=dtype, label_smoothing=0.1)
+
+
+def test_nan_in_a_used_row_propagates_to_that_row():
+    x, w, y, _ = _data()
+    x[7, 4] = float("nan")
+    out = M.arcface_loss(padded(x.float().to(DEVICE)), padded(w.float().to(DEVICE)), y.to(DEVICE), reduction="none")
+    assert torch.isnan(out[7]) and torch.isfinite(out[torch.arange(B) != 7]).all()
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_reductions_and_determinism(reduction):
     """Same inputs give bitwise the same loss and gradients (no atomics, fixed-order merges)."""
@@ -371,3 +389,19 @@ def test_bad_arguments():
         with pytest.raises(exc, match=name):
             call()
 
+
+
+@pytest.mark.gpu
+def test_no_host_sync():
+    """Forward and backward launch without a device synchronisation (after autotuning)."""
+    x, w, y, _ = _data()
+    xs = [x.cuda().bfloat16().requires_grad_(), w.cuda().bfloat16().requires_grad_()]
+    yk = y.cuda()
+    M.arcface_loss(*xs, yk).backward()  # autotune outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        M.arcface_loss(*xs, yk).backward()
+        M.linear_cross_entropy(*xs, yk, label_smoothing=0.1).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
