@@ -8,8 +8,8 @@ For embeddings x [B, D], class weights W [C, D] (optional bias [C]) and labels y
 with rs_i = scale / max(|x_i|, eps) when the embeddings are normalised (else scale),
 cs_j = 1 / max(|W_j|, eps) when the weight rows are (else 1), eps = 1e-12 as F.normalize.
 
-Passes (all fp32 accumulation; tl.dot on the input dtype on the GPU, fp32 IEEE for fp32
-inputs and under the interpreter):
+Passes (all fp32 accumulation; tl.dot operands as `_flags` says: bf16 / fp16 tensor cores
+on the GPU, TF32 for the fp16 backward, fp32 IEEE for fp32 inputs and under the interpreter):
 1. `_norms_kernel`: |x_i| and |W_j| (O(B + C) fp32).
 2. `_partial_kernel`, grid (row blocks, class splits): each program loops over its class
    blocks, recomputes the logit tile with tl.dot and keeps an online (max, sum-exp) of the
@@ -87,14 +87,22 @@ def _dot_tile(x_ptr, w_ptr, rows, rmask, cols, cmask, D, UPCAST: tl.constexpr, I
         km = ks < D
         a = tl.load(x_ptr + rows[:, None] * D + ks[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
         b = tl.load(w_ptr + cols[None, :] * D + ks[:, None], mask=km[:, None] & cmask[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+        acc = _mm(a, b, acc, UPCAST, IEEE)
     return acc
+
+
+@triton.jit
+def _mm(a, b, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """acc + a @ b: operands in fp32 (UPCAST; TF32 unless IEEE) or in b's dtype (tensor cores)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    else:
+        a = a.to(b.dtype)
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -333,12 +341,7 @@ def _dx_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_
         if NORM_X:
             q += tl.sum(dl * zb, axis=1)
         wt = tl.load(w_ptr + cols[:, None] * D + ds[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
-        if UPCAST:
-            acc = tl.dot(a, wt.to(tl.float32), acc, input_precision="ieee")
-        elif IEEE:
-            acc = tl.dot(a, wt, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a.to(wt.dtype), wt, acc)
+        acc = _mm(a, wt, acc, UPCAST, IEEE)
     # epilogue: the target's and the normalisation's terms along x_i
     pt = tl.load(row_ptr + B + rows, mask=rmask, other=0.0)
     t_x = tl.load(row_ptr + 3 * B + rows, mask=rmask, other=0.0)
@@ -385,12 +388,7 @@ def _dw_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_
         if HAS_BIAS:
             dbias += tl.sum(dl, axis=0)
         xt = tl.load(x_ptr + rows[:, None] * D + ds[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
-        if UPCAST:
-            acc = tl.dot(tl.trans(a), xt.to(tl.float32), acc, input_precision="ieee")
-        elif IEEE:
-            acc = tl.dot(tl.trans(a), xt, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(tl.trans(a.to(xt.dtype)), xt, acc)
+        acc = _mm(tl.trans(a), xt, acc, UPCAST, IEEE)
     coef = tw
     if NORM_W:
         _cs, rw, pw, _n = _scales(nw_ptr, cols, cmask, 1.0, NORM_W)
@@ -442,11 +440,14 @@ DW_SPACE = _tuning.Space(
 _FINISH_BB, _FINISH_BS, _FINISH_BK = 32, 32, 32
 
 
-def _flags(x: torch.Tensor) -> dict:
-    """tl.dot operands: fp32 IEEE for fp32 inputs and under the interpreter (whose bf16 dot
-    is wrong), the input dtype on tensor cores otherwise."""
-    upcast = not x.is_cuda
-    return dict(UPCAST=upcast, IEEE=upcast or x.dtype == torch.float32)
+def _flags(x: torch.Tensor, backward: bool = False) -> dict:
+    """tl.dot operands: fp32 IEEE for fp32 inputs (as eager fp32, no TF32) and under the
+    interpreter (whose bf16 dot is wrong); bf16 on tensor cores; fp16 on tensor cores in the
+    forward, but in the backward upcast to TF32 (exact for fp16 values, 8 exponent bits):
+    dlogit = g (p - onehot) * scale is far below fp16's normal range at large C (p ~ 1/C,
+    g = 1/B for "mean") and would lose its precision as an fp16 operand."""
+    upcast = not x.is_cuda or (backward and x.dtype == torch.float16)
+    return dict(UPCAST=upcast, IEEE=not x.is_cuda or x.dtype == torch.float32)
 
 
 def _device_name(t: torch.Tensor):
@@ -524,7 +525,7 @@ def backward(g, x, w, b, y, nx, nw, rowstat, stats, *, norm_x, norm_w, scale, ig
     g = g.contiguous()
     stat = stats if stats is not None else rowstat
     bptr = b if b is not None else nw
-    flags = dict(NORM_X=norm_x, NORM_W=norm_w, HAS_BIAS=b is not None, REDUCE=reduce, **_flags(x))
+    flags = dict(NORM_X=norm_x, NORM_W=norm_w, HAS_BIAS=b is not None, REDUCE=reduce, **_flags(x, True))
     args = (B, C, D, ignore_index, scale, eps_smooth)
     key = _key(B, C, D, x)
     dx = dw = db = None
