@@ -405,3 +405,22 @@ def test_no_host_sync():
         M.linear_cross_entropy(*xs, yk, label_smoothing=0.1).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+def test_peak_memory_gpu():
+    """The issue's bound: peak extra memory of forward + backward at most dW (+ dX) + 64 MiB,
+    at a shape whose fp32 logits would take 1.6 GB."""
+    b, c, d = 2048, 200_000, 128
+    x = torch.randn(b, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(c, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y = torch.randint(0, c, (b,), device="cuda")
+    M.arcface_loss(x, w, y).backward()  # autotune outside the measurement
+    x.grad = w.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    dx, dw = torch.autograd.grad(M.arcface_loss(x, w, y), [x, w])
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra <= dw.numel() * 2 + dx.numel() * 2 + 64 * 2**20, extra
