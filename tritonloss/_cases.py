@@ -254,6 +254,13 @@ def boxes_cases() -> list[Case]:
     def case(name, **opts):
         return Case(name, getattr(F, name), getattr(R, name), pair(**opts), tune_shapes=((2**10, 2**10),))
 
+    def pairwise(s, dt, dev):
+        """box_iou (no gradient): boxes1 [s[0], 4] against boxes2 [s[-1], 4], CIoU."""
+        n, m = s[0], s[-1]
+        (b1, _), _ = pair()((n,), dt, dev)
+        (b2, _), _ = pair()((m,), dt, dev)
+        return [b1, b2], {"kind": "ciou"}
+
     return [
         case("iou_loss", mode="log"),
         case("giou_loss"),
@@ -262,6 +269,7 @@ def boxes_cases() -> list[Case]:
         case("eiou_loss", box_format="cxcywh"),
         case("focal_eiou_loss"),
         case("cdiou_loss", base="diou"),
+        Case("box_iou", F.box_iou, R.box_iou, pairwise, reductions=({},), tune_shapes=((4096, 4096),), grad_args=()),
     ]
 
 

@@ -14,8 +14,8 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def balanced_binary_cross_entropy_with_logits(input, target, reduction="mean"):
-    per = max(input.shape[1:].numel(), 1)
-    beta = (1 - target.detach()).reshape(input.shape[0], -1).sum(1) / per
+    per = input.shape[1:].numel()
+    beta = (1 - target.detach()).reshape(input.shape[0], per).sum(1) / max(per, 1)
     beta = beta.reshape(-1, *([1] * (input.dim() - 1)))
     loss = -(beta * target * TF.logsigmoid(input) + (1 - beta) * (1 - target) * TF.logsigmoid(-input))
     return _reduce(loss, reduction)
