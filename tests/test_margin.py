@@ -131,6 +131,16 @@ def test_half_dtypes(dtype):
     _compare(M.arcface_loss, R.arcface_loss, x, w, y, dtype=dtype, reduction="sum", scale=16.0)
 
 
+@pytest.mark.parametrize("name,fn,ref,opts", [
+    ("cosface-default-scale", M.cosface_loss, R.cosface_loss, {"reduction": "mean"}),
+    ("sphereface", M.sphereface_loss, R.sphereface_loss, {"margin": 2, "lambda_": 5.0}),
+    ("l2-softmax", M.l2_softmax_loss, R.l2_softmax_loss, {"alpha": 16.0}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_fp16(name, fn, ref, opts):
+    x, w, y, _ = _data(w_scale=0.2)
+    _compare(fn, ref, x, w, y, dtype=torch.float16, **opts)
+
+
 # ---------------------------------------------------------------- insightface's formulas
 
 def _insightface_current(x, w, y, s, m2, m3):
@@ -204,6 +214,8 @@ def _edge_data():
 
 @pytest.mark.parametrize("name,fn,ref,opts", [
     ("arcface-exact", M.arcface_loss, R.arcface_loss, {"scale": 16.0}),
+    ("combined-exact", M.margin_cross_entropy, R.margin_cross_entropy, {"scale": 16.0, "m1": 1.2, "m2": 0.3,
+                                                                         "m3": 0.1}),
     ("combined-detached", M.margin_cross_entropy, R.margin_cross_entropy,
      {"scale": 16.0, "m1": 1.2, "m2": 0.3, "m3": 0.1, "margin_grad": "detached"}),
     ("sphereface", M.sphereface_loss, R.sphereface_loss, {"margin": 4, "lambda_": 1.0}),
