@@ -8,9 +8,10 @@ On CUDA (the issue's shapes):
   may run out of memory: that run is skipped with the reason.
 - linear_cross_entropy at the same shapes vs F.cross_entropy(F.linear(...)) and torch's
   `F.linear_cross_entropy` where this torch has it.
-Modes "forward" and "forward_backward" (the backward's time is their difference); the
-harness records GPU time, TFLOP/s against the 8 B D C floor of forward + backward (2 B D C
-for the forward alone) and peak memory beyond the inputs.
+Modes "forward", "backward" (rerunning the backward of one held graph, retain_graph) and
+"forward_backward"; the harness records GPU time, TFLOP/s against the floor of each mode
+(2 B D C forward, 6 B D C backward with the logits recomputed, 8 B D C both) and peak memory
+beyond the inputs.
 
 Without CUDA: `test_harness_tiny` runs the same step once under the interpreter on a tiny
 shape (a smoke test of the harness, no timing claims).
@@ -29,7 +30,7 @@ from .harness import CUDA, measure
 
 B, D = 4096, 512
 CLASSES = (100_000, 1_000_000)
-MODES = ("forward", "forward_backward")
+MODES = ("forward", "backward", "forward_backward")
 
 
 def _arcface_eager(x, w, y):
@@ -70,15 +71,21 @@ def run_harness(benchmark, loss, impl, mode, b, d, c, device, dtype):
     w = (torch.randn(c, d, device=device, dtype=dtype, generator=gen) * 0.05).requires_grad_()
     y = torch.randint(0, c, (b,), device=device, generator=gen)
     fn = _impl(loss, impl)
+    try:
+        held = fn(x, w, y) if mode == "backward" else None  # the graph the backward-only mode reruns
+    except torch.OutOfMemoryError:
+        pytest.skip(f"{impl} ran out of GPU memory at B={b}, D={d}, C={c}")
 
     def step():
+        if mode == "backward":
+            return torch.autograd.grad(held, [x, w], retain_graph=True)[1]
         out = fn(x, w, y)
         if mode == "forward":
             return out.detach()
         dx, dw = torch.autograd.grad(out, [x, w])
         return dw
 
-    factor = 2 if mode == "forward" else 8
+    factor = {"forward": 2, "backward": 6, "forward_backward": 8}[mode]
     try:
         result = measure(benchmark, step, flops=factor * b * d * c)
     except torch.OutOfMemoryError:
@@ -100,5 +107,6 @@ def test_margin(benchmark, loss, c, impl, mode):
 
 @pytest.mark.skipif(CUDA, reason="the tiny interpreted run is for machines without a GPU")
 @pytest.mark.parametrize("loss", list(IMPLS))
-def test_harness_tiny(benchmark, loss):
-    run_harness(benchmark, loss, "tritonloss", "forward_backward", 8, 16, 40, "cpu", torch.float32)
+@pytest.mark.parametrize("mode", ["backward", "forward_backward"])
+def test_harness_tiny(benchmark, loss, mode):
+    run_harness(benchmark, loss, "tritonloss", mode, 8, 16, 40, "cpu", torch.float32)
