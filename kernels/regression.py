@@ -31,7 +31,8 @@ _LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _terms(LOSS: tl.constexpr, OPT: tl.constexpr, x, y, z, q, p0, p1, p2, p3):
-    """(loss, dloss/dx, dloss/dy, dloss/dz) for one loss; d = x - y."""
+    """(loss, dloss/dx, dloss/dy, dloss/dz) for one loss; d = x - y. One return at the end:
+    compiled Triton does not support an early return inside a branch."""
     d = x - y
     a = tl.abs(d)
     s = _math.sign(d)
@@ -85,8 +86,8 @@ def _terms(LOSS: tl.constexpr, OPT: tl.constexpr, x, y, z, q, p0, p1, p2, p3):
             tl.where(t > 0, p0 * te * lt / (1.0 + te), 0.0),
             (a - p1) * da_de + p0 * re * lr / (1.0 + re),
         )
-        dd = dl_da * s
-        return loss, dd, -dd - dl_de, dz
+        dx = dl_da * s
+        dy = -dx - dl_de
     elif LOSS == 8:  # LOG_COSH: |d| + softplus(-2|d|) - ln 2
         loss = a + _math.softplus(-2.0 * a) - _LN2
         dd = _math.tanh(d)
@@ -113,13 +114,15 @@ def _terms(LOSS: tl.constexpr, OPT: tl.constexpr, x, y, z, q, p0, p1, p2, p3):
             ly = tl.log(tl.where(big, y, 1.0))
             loss += tl.where(big, y * ly - y + 0.5 * tl.log(6.283185307179586 * y), 0.0)
             dy += tl.where(big, ly + 0.5 / y, 0.0)
-        return loss, dx, dy, dz
     else:  # GAUSSIAN, z = var clamped at p0 = eps (straight through), p1 = constant
         v = tl.where(z < p0, p0, z)
         loss = 0.5 * (tl.log(v) + d * d / v) + p1
         dd = d / v
         dz = 0.5 * (1.0 / v - d * d / (v * v))
-    return loss, dd, -dd, dz
+    if LOSS != 7 and LOSS != 10:  # the others give d/dx; d/dy = -d/dx
+        dx = dd
+        dy = -dd
+    return loss, dx, dy, dz
 
 
 @triton.jit
