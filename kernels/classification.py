@@ -267,14 +267,14 @@ def _softmax_forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, part_ptr, stat_ptr, R,
                 acc1 = acc1 * scale + tl.sum(e * a[None, :], axis=1)
                 acc2 = acc2 * scale + tl.sum(e * (a * a)[None, :], axis=1)
             m = m_new
-    lse = m + tl.log(s)
+    lse = m + tl.log(s)  # below, lse - x_t is (m - x_t) + log s: exact where x_t is the max
     norm = tl.zeros([BLOCK_R], tl.float32)
     st2 = tl.zeros([BLOCK_R], tl.float32)
     st3 = tl.zeros([BLOCK_R], tl.float32)
     if LOSS == 0:  # sum_c u_c (lse - x_c), u = eps/C w + (1 - eps) w_t [c = t]
         a_t = (1.0 - eps) * wt
         st2 = a_t + eps / C * acc2
-        loss = a_t * (lse - xt)
+        loss = a_t * ((m - xt) + tl.log(s))
         if eps > 0:
             loss += eps / C * (acc2 * lse - acc1)
         norm = wt
@@ -287,7 +287,7 @@ def _softmax_forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, part_ptr, stat_ptr, R,
         loss = -wt * xt
         norm = wt
     elif LOSS == 3:
-        logp = xt - lse
+        logp = (xt - m) - tl.log(s)
         omp = -_math.expm1(logp)  # 1 - p_t
         if HAS_W:  # alpha_t
             at = wt
@@ -302,7 +302,7 @@ def _softmax_forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, part_ptr, stat_ptr, R,
         mc = acc1 / s
         var = tl.maximum(acc2 / s - mc * mc, 0.0)
         dm = mc + (C - 1) * 0.5 - tc.to(tl.float32)
-        loss = p2 * (lse - xt) + 0.5 * p0 * dm * dm + p1 * var
+        loss = p2 * ((m - xt) + tl.log(s)) + 0.5 * p0 * dm * dm + p1 * var
         st2 = mc
         st3 = var
     loss = tl.where(used, loss, tl.where(bad, float("nan"), 0.0))
