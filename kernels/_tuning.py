@@ -101,6 +101,17 @@ def prune(space: Space, key: tuple, device_name: str | None) -> list[dict]:
 _picked: dict[tuple, dict] = {}
 
 
+def _time(launch, config) -> float:
+    """GPU time of one config; a config this GPU cannot run (shared memory, registers)
+    counts as infinitely slow."""
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        return triton.testing.do_bench(lambda: launch(config), quantiles=None)
+    except OutOfResources:
+        return float("inf")
+
+
 def pick(space: Space, key: tuple, device_name: str | None, launch) -> dict:
     """The config to launch for `key`; `launch(config)` runs the kernel once."""
     cache_key = (space.name, device_name, key)
@@ -109,7 +120,7 @@ def pick(space: Space, key: tuple, device_name: str | None, launch) -> dict:
         if len(candidates) == 1:
             _picked[cache_key] = candidates[0]
         else:
-            times = [triton.testing.do_bench(lambda c=c: launch(c), quantiles=None) for c in candidates]
+            times = [_time(launch, c) for c in candidates]
             _picked[cache_key] = candidates[times.index(min(times))]
     return _picked[cache_key]
 

@@ -84,3 +84,12 @@ def test_merge_tuned_winners_keeps_other_kernels_and_drops_stale():
     stale = _tuning.merge({**old, "triton": "0.0"}, {}, "GPU X", "2.14.1")
     assert stale["kernels"] == {}
     json.dumps(data)
+
+
+def test_autotune_skips_configs_the_gpu_cannot_run():
+    from triton.runtime.errors import OutOfResources
+
+    def launch(config):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    assert _tuning._time(launch, {"BLOCK": 1}) == float("inf")
