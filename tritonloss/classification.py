@@ -334,7 +334,7 @@ def balanced_binary_cross_entropy_with_logits(input: torch.Tensor, target: torch
     if not _runtime.use_kernels(input, target):
         return ref.balanced_binary_cross_entropy_with_logits(input, target, reduction)
     per = input.shape[1:].numel()
-    beta = (1.0 - target.detach().float()).reshape(input.shape[0], per).sum(1) / max(per, 1)
+    beta = 1.0 - target.detach().reshape(input.shape[0], per).sum(1, dtype=torch.float32) / max(per, 1)
     return _elementwise.apply(K, K.BALANCED_BCE, reduction, shape, input, target, q=beta, q_div=max(per, 1))
 
 
