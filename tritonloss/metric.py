@@ -181,17 +181,22 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
     rule instead of by gradients.
     """
     _validate.reduction(reduction)
+    _features_and_centers(features, centers, labels)
+    _check_label_range(labels, centers.shape[0])
+    if not _runtime.use_kernels(features, centers):
+        return ref.center_loss(features, labels, centers, reduction)
+    return _rows(K.CENTER, reduction, features.contiguous(), centers.contiguous(),
+                 labels=labels.to(torch.int64).contiguous())
+
+
+def _features_and_centers(features, centers, labels) -> None:
+    """features [B, D], centers [C, D] on one device, labels [B]."""
     _embeddings("features", features)
     _embeddings("centers", centers)
     _labels("labels", labels, features.shape[0], features, "features")
     _validate.same_device(features=features, centers=centers)
     if centers.shape[1] != features.shape[1]:
         raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
-    _check_label_range(labels, centers.shape[0])
-    if not _runtime.use_kernels(features, centers):
-        return ref.center_loss(features, labels, centers, reduction)
-    return _rows(K.CENTER, reduction, features.contiguous(), centers.contiguous(),
-                 labels=labels.to(torch.int64).contiguous())
 
 
 def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:
@@ -344,12 +349,7 @@ def update_centers(centers: torch.Tensor, features: torch.Tensor, labels: torch.
     c_j -= alpha * sum_{y_i = j} (c_j - x_i) / (1 + n_j). One fused kernel over the samples
     sorted by label: deterministic, no atomics; classes without samples are not written,
     and labels outside [0, C) are skipped (with checks on they raise)."""
-    _embeddings("centers", centers)
-    _embeddings("features", features)
-    _labels("labels", labels, features.shape[0], features, "features")
-    _validate.same_device(features=features, centers=centers)
-    if centers.shape[1] != features.shape[1]:
-        raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
+    _features_and_centers(features, centers, labels)
     alpha = _validate.number("alpha", alpha, low=0.0)
     _check_label_range(labels, centers.shape[0])
     if not _runtime.use_kernels(features, centers) or not centers.is_contiguous():
@@ -388,12 +388,7 @@ def triplet_center_loss(features: torch.Tensor, labels: torch.Tensor, centers: t
     its row (with checks on it raises).
     """
     _validate.reduction(reduction)
-    _embeddings("features", features)
-    _embeddings("centers", centers)
-    _labels("labels", labels, features.shape[0], features, "features")
-    _validate.same_device(features=features, centers=centers)
-    if centers.shape[1] != features.shape[1]:
-        raise ValueError(f"centers: expected [C, {features.shape[1]}] (features' D), got {tuple(centers.shape)}")
+    _features_and_centers(features, centers, labels)
     margin = _validate.number("margin", margin, low=0.0)
     _check_label_range(labels, centers.shape[0])
     if not _runtime.use_kernels(features, centers):
