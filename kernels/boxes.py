@@ -267,9 +267,8 @@ def _terms(LOSS: tl.constexpr, CD: tl.constexpr, px1, py1, px2, py2, gx1, gy1, g
 
 
 @triton.jit
-def _forward_kernel(b1_ptr, b2_ptr, out_ptr, part_ptr, n, eps, p0,
-                    LOSS: tl.constexpr, CD: tl.constexpr, FMT: tl.constexpr, REDUCE: tl.constexpr,
-                    BLOCK: tl.constexpr):
+def _load_pair(b1_ptr, b2_ptr, n, FMT: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's box pairs: ids, mask, raw coordinates and corners of both boxes."""
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     mask = rows < n
@@ -277,6 +276,15 @@ def _forward_kernel(b1_ptr, b2_ptr, out_ptr, part_ptr, n, eps, p0,
     ga, gb, gc, gd = _load_raw(b2_ptr, rows, mask)
     px1, py1, px2, py2 = _corners(pa, pb, pc, pd, FMT)
     gx1, gy1, gx2, gy2 = _corners(ga, gb, gc, gd, FMT)
+    return pid, rows, mask, pa, pb, pc, pd, ga, gb, gc, gd, px1, py1, px2, py2, gx1, gy1, gx2, gy2
+
+
+@triton.jit
+def _forward_kernel(b1_ptr, b2_ptr, out_ptr, part_ptr, n, eps, p0,
+                    LOSS: tl.constexpr, CD: tl.constexpr, FMT: tl.constexpr, REDUCE: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    pid, rows, mask, pa, pb, pc, pd, ga, gb, gc, gd, px1, py1, px2, py2, gx1, gy1, gx2, gy2 = _load_pair(
+        b1_ptr, b2_ptr, n, FMT, BLOCK)
     loss, _, _, _, _, _, _, _, _, _, _, _, _ = _terms(LOSS, CD, px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, p0)
     E.store_loss(loss, tl.where(mask, 1.0, 0.0), pid, rows, mask, out_ptr, part_ptr, False, REDUCE)
 
@@ -299,13 +307,8 @@ def _store_box_grad(ptr, rows, mask, g, a, b, c, d, gx1, gy1, gx2, gy2, g_w, g_h
 def _backward_kernel(b1_ptr, b2_ptr, g_ptr, stat_ptr, d1_ptr, d2_ptr, n, eps, p0,
                      LOSS: tl.constexpr, CD: tl.constexpr, FMT: tl.constexpr, REDUCE: tl.constexpr,
                      NEED1: tl.constexpr, NEED2: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = rows < n
-    pa, pb, pc, pd = _load_raw(b1_ptr, rows, mask)
-    ga, gb, gc, gd = _load_raw(b2_ptr, rows, mask)
-    px1, py1, px2, py2 = _corners(pa, pb, pc, pd, FMT)
-    gx1, gy1, gx2, gy2 = _corners(ga, gb, gc, gd, FMT)
+    pid, rows, mask, pa, pb, pc, pd, ga, gb, gc, gd, px1, py1, px2, py2, gx1, gy1, gx2, gy2 = _load_pair(
+        b1_ptr, b2_ptr, n, FMT, BLOCK)
     g = E.grad_scale(g_ptr, stat_ptr, rows, mask, REDUCE)
     _, dpx1, dpy1, dpx2, dpy2, dwp, dhp, dgx1, dgy1, dgx2, dgy2, dwg, dhg = _terms(
         LOSS, CD, px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, p0)
