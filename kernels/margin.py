@@ -51,13 +51,24 @@ MAX_SPLIT = 256
 
 
 @triton.jit
-def _norms_kernel(x_ptr, n_ptr, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _wrows(idx_ptr, cols, cmask, HAS_IDX: tl.constexpr):
+    """The weight rows of class positions `cols`: idx[cols] for a sampled class set, else cols."""
+    r = cols
+    if HAS_IDX:
+        r = tl.load(idx_ptr + cols, mask=cmask, other=0).to(tl.int64)
+    return r
+
+
+@triton.jit
+def _norms_kernel(x_ptr, idx_ptr, n_ptr, N, D, HAS_IDX: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_D: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
+    src = _wrows(idx_ptr, rows, rmask, HAS_IDX)
     acc = tl.zeros([BLOCK_N], tl.float32)
     for k0 in range(0, D, BLOCK_D):
         ks = k0 + tl.arange(0, BLOCK_D)
-        v = tl.load(x_ptr + rows[:, None] * D + ks[None, :], mask=rmask[:, None] & (ks < D)[None, :],
+        v = tl.load(x_ptr + src[:, None] * D + ks[None, :], mask=rmask[:, None] & (ks < D)[None, :],
                     other=0.0).to(tl.float32)
         acc += tl.sum(v * v, axis=1)
     tl.store(n_ptr + rows, tl.sqrt(acc), mask=rmask)
@@ -78,15 +89,15 @@ def _scales(n_ptr, idx, mask, factor, NORM: tl.constexpr):
 
 
 @triton.jit
-def _dot_tile(x_ptr, w_ptr, rows, rmask, cols, cmask, D, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+def _dot_tile(x_ptr, w_ptr, rows, rmask, wr, cmask, D, UPCAST: tl.constexpr, IEEE: tl.constexpr,
               BB: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
-    """fp32 [BB, BC] tile of x_i . W_j."""
+    """fp32 [BB, BC] tile of x_i . W_j for weight rows wr."""
     acc = tl.zeros([BB, BC], tl.float32)
     for k0 in range(0, D, BK):
         ks = k0 + tl.arange(0, BK)
         km = ks < D
         a = tl.load(x_ptr + rows[:, None] * D + ks[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
-        b = tl.load(w_ptr + cols[None, :] * D + ks[:, None], mask=km[:, None] & cmask[None, :], other=0.0)
+        b = tl.load(w_ptr + wr[None, :] * D + ks[:, None], mask=km[:, None] & cmask[None, :], other=0.0)
         acc = _mm(a, b, acc, UPCAST, IEEE)
     return acc
 
@@ -106,9 +117,9 @@ def _mm(a, b, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _partial_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, part_ptr, B, C, D, n_split, cb_per_prog,
+def _partial_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, idx_ptr, part_ptr, B, C, D, n_split, cb_per_prog,
                     scale, NORM_X: tl.constexpr, NORM_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SMOOTH: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+                    SMOOTH: tl.constexpr, HAS_IDX: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
                     BB: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
     pid_b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
@@ -123,10 +134,11 @@ def _partial_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, part_ptr, B, C, 
         cols = (split * cb_per_prog + i) * BC + tl.arange(0, BC)
         cmask = cols < C
         cs, _rw, _pw, _nw = _scales(nw_ptr, cols, cmask, 1.0, NORM_W)
-        z = _dot_tile(x_ptr, w_ptr, rows, rmask, cols, cmask, D, UPCAST, IEEE, BB, BC, BK)
+        wr = _wrows(idx_ptr, cols, cmask, HAS_IDX)
+        z = _dot_tile(x_ptr, w_ptr, rows, rmask, wr, cmask, D, UPCAST, IEEE, BB, BC, BK)
         z = z * rs[:, None] * cs[None, :]
         if HAS_BIAS:
-            z += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            z += tl.load(b_ptr + wr, mask=cmask, other=0.0).to(tl.float32)[None, :]
         if SMOOTH:
             zsum += tl.sum(tl.where(cmask[None, :], z, 0.0), axis=1)
         zo = tl.where(cmask[None, :] & (cols[None, :] != y[:, None]), z, float("-inf"))
@@ -191,31 +203,34 @@ def _psi(c, m, lam):
 
 
 @triton.jit
-def _finish_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, part_ptr, out_ptr, row_ptr, red_ptr,
+def _finish_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, idx_ptr, part_ptr, out_ptr, row_ptr, red_ptr,
                    B, C, D, n_split, ignore_index, scale, eps_smooth, m1, m2, m3, th_cos, mi, lam,
                    KIND: tl.constexpr, NORM_X: tl.constexpr, NORM_W: tl.constexpr, HAS_BIAS: tl.constexpr,
                    SMOOTH: tl.constexpr, EASY: tl.constexpr, DETACHED: tl.constexpr, REDUCE: tl.constexpr,
-                   BB: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr):
+                   HAS_IDX: tl.constexpr, SHARD: tl.constexpr, BB: tl.constexpr, BS: tl.constexpr,
+                   BK: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BB + tl.arange(0, BB)
     rmask = rows < B
     y = tl.load(y_ptr + rows, mask=rmask, other=ignore_index)
     valid = rmask & (y != ignore_index)
     inrange = (y >= 0) & (y < C)
-    yc = tl.where(inrange & valid, y, 0)
+    own = valid & inrange  # the target class is among these C
+    yc = tl.where(own, y, 0)
+    wy = _wrows(idx_ptr, yc, own, HAS_IDX)
     # target gather-dot x_i . W_y
     dot = tl.zeros([BB], tl.float32)
     for k0 in range(0, D, BK):
         ks = k0 + tl.arange(0, BK)
-        mk = valid[:, None] & (ks < D)[None, :]
+        mk = own[:, None] & (ks < D)[None, :]
         a = tl.load(x_ptr + rows[:, None] * D + ks[None, :], mask=mk, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + yc[:, None] * D + ks[None, :], mask=mk, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + wy[:, None] * D + ks[None, :], mask=mk, other=0.0).to(tl.float32)
         dot += tl.sum(a * w, axis=1)
     rs, rx, px, nx = _scales(nx_ptr, rows, valid, scale, NORM_X)
-    cs, rw, pw, nw = _scales(nw_ptr, yc, valid, 1.0, NORM_W)
+    cs, rw, pw, nw = _scales(nw_ptr, yc, own, 1.0, NORM_W)
     bias = tl.zeros([BB], tl.float32)
     if HAS_BIAS:
-        bias = tl.load(b_ptr + yc, mask=valid, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + wy, mask=own, other=0.0).to(tl.float32)
     if KIND == 0:  # plain: the target is an ordinary logit
         phi = rs * cs * dot + bias
         t_dot = rs * cs
@@ -245,13 +260,17 @@ def _finish_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, part_ptr, out_ptr
         if not NORM_W:
             t_w += nx * g * rw
     # merge the class splits with the target logit: deterministic, fixed order
-    mx = tl.where(valid, phi, 0.0)
+    if SHARD:
+        has_t = own  # a shard holds the target of some rows only
+    else:
+        has_t = valid  # out-of-range targets give NaN below
+    mx = tl.where(has_t, phi, float("-inf"))
     for s0 in range(0, n_split, BS):
         ss = s0 + tl.arange(0, BS)
         pm = rmask[:, None] & (ss < n_split)[None, :]
         pmax = tl.load(part_ptr + rows[:, None] * n_split + ss[None, :], mask=pm, other=float("-inf"))
         mx = tl.maximum(mx, tl.max(pmax, axis=1))
-    se = tl.exp(phi - mx)
+    se = tl.where(has_t, tl.exp(phi - mx), 0.0)
     zsum = phi * 0.0
     for s0 in range(0, n_split, BS):
         ss = s0 + tl.arange(0, BS)
@@ -263,22 +282,27 @@ def _finish_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, part_ptr, out_ptr
         se += tl.sum(tl.where(psum == 0.0, 0.0, psum * tl.exp(pmax - mx[:, None])), axis=1)
         if SMOOTH:
             zsum += tl.sum(tl.load(part_ptr + 2 * B * n_split + off, mask=pm, other=0.0), axis=1)
-    lse = mx + tl.log(se)
-    lse = tl.where(inrange | ~valid, lse, float("nan"))
-    loss = lse - phi
-    if SMOOTH:
-        loss = lse - (1.0 - eps_smooth) * phi - eps_smooth / C * zsum
-    loss = tl.where(valid, loss, 0.0)
-    tl.store(row_ptr + rows, lse, mask=rmask)
-    tl.store(row_ptr + B + rows, tl.exp(phi - lse), mask=rmask)
-    tl.store(row_ptr + 2 * B + rows, t_dot, mask=rmask)
-    tl.store(row_ptr + 3 * B + rows, t_x, mask=rmask)
-    tl.store(row_ptr + 4 * B + rows, t_w, mask=rmask)
-    if REDUCE == 0:
-        tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=rmask)
+    tl.store(row_ptr + 2 * B + rows, tl.where(has_t, t_dot, 0.0), mask=rmask)
+    tl.store(row_ptr + 3 * B + rows, tl.where(has_t, t_x, 0.0), mask=rmask)
+    tl.store(row_ptr + 4 * B + rows, tl.where(has_t, t_w, 0.0), mask=rmask)
+    if SHARD:  # this shard's (max, sum-exp) and target logit; the caller merges the shards
+        tl.store(row_ptr + rows, mx, mask=rmask)
+        tl.store(row_ptr + B + rows, se, mask=rmask)
+        tl.store(out_ptr + rows, tl.where(own, phi, 0.0), mask=rmask)
     else:
-        tl.store(red_ptr + pid, tl.sum(loss, axis=0))
-        tl.store(red_ptr + tl.num_programs(0) + pid, tl.sum(valid.to(tl.float32), axis=0))
+        lse = mx + tl.log(se)
+        lse = tl.where(inrange | ~valid, lse, float("nan"))
+        loss = lse - phi
+        if SMOOTH:
+            loss = lse - (1.0 - eps_smooth) * phi - eps_smooth / C * zsum
+        loss = tl.where(valid, loss, 0.0)
+        tl.store(row_ptr + rows, lse, mask=rmask)
+        tl.store(row_ptr + B + rows, tl.exp(phi - lse), mask=rmask)
+        if REDUCE == 0:
+            tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=rmask)
+        else:
+            tl.store(red_ptr + pid, tl.sum(loss, axis=0))
+            tl.store(red_ptr + tl.num_programs(0) + pid, tl.sum(valid.to(tl.float32), axis=0))
 
 
 @triton.jit
@@ -294,7 +318,7 @@ def _upstream(g_ptr, stat_ptr, rows, rmask, REDUCE: tl.constexpr):
 
 
 @triton.jit
-def _dlogit_tile(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, row_ptr, rows, rmask, y, valid, g, cols, cmask,
+def _dlogit_tile(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, row_ptr, rows, rmask, y, valid, g, cols, wr, cmask,
                  B, C, D, scale, eps_smooth, NORM_X: tl.constexpr, NORM_W: tl.constexpr,
                  HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
                  BB: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
@@ -302,10 +326,10 @@ def _dlogit_tile(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, row_ptr, rows, rmask, y, v
     zb = logit - bias; all 0 outside valid rows and columns."""
     rs, _r, _p, _n = _scales(nx_ptr, rows, rmask, scale, NORM_X)
     cs, _rw, _pw, _nw = _scales(nw_ptr, cols, cmask, 1.0, NORM_W)
-    zb = _dot_tile(x_ptr, w_ptr, rows, rmask, cols, cmask, D, UPCAST, IEEE, BB, BC, BK) * rs[:, None] * cs[None, :]
+    zb = _dot_tile(x_ptr, w_ptr, rows, rmask, wr, cmask, D, UPCAST, IEEE, BB, BC, BK) * rs[:, None] * cs[None, :]
     z = zb
     if HAS_BIAS:
-        z += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        z += tl.load(b_ptr + wr, mask=cmask, other=0.0).to(tl.float32)[None, :]
     lse = tl.load(row_ptr + rows, mask=rmask, other=0.0)
     pt = tl.load(row_ptr + B + rows, mask=rmask, other=0.0)
     t_dot = tl.load(row_ptr + 2 * B + rows, mask=rmask, other=0.0)
@@ -318,10 +342,10 @@ def _dlogit_tile(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, row_ptr, rows, rmask, y, v
 
 
 @triton.jit
-def _dx_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_ptr, dx_ptr,
+def _dx_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, idx_ptr, row_ptr, g_ptr, stat_ptr, dx_ptr,
                B, C, D, ignore_index, scale, eps_smooth,
                NORM_X: tl.constexpr, NORM_W: tl.constexpr, HAS_BIAS: tl.constexpr, REDUCE: tl.constexpr,
-               UPCAST: tl.constexpr, IEEE: tl.constexpr,
+               HAS_IDX: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
                BB: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BB + tl.arange(0, BB)
     ds = tl.program_id(1).to(tl.int64) * BD + tl.arange(0, BD)
@@ -335,12 +359,13 @@ def _dx_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_
     for c0 in range(0, C, BC):
         cols = (c0 + tl.arange(0, BC)).to(tl.int64)
         cmask = cols < C
+        wr = _wrows(idx_ptr, cols, cmask, HAS_IDX)
         a, dl, zb, is_t = _dlogit_tile(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, row_ptr, rows, rmask, y, valid, g,
-                                       cols, cmask, B, C, D, scale, eps_smooth, NORM_X, NORM_W, HAS_BIAS,
+                                       cols, wr, cmask, B, C, D, scale, eps_smooth, NORM_X, NORM_W, HAS_BIAS,
                                        UPCAST, IEEE, BB, BC, BK)
         if NORM_X:
             q += tl.sum(dl * zb, axis=1)
-        wt = tl.load(w_ptr + cols[:, None] * D + ds[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
+        wt = tl.load(w_ptr + wr[:, None] * D + ds[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
         acc = _mm(a, wt, acc, UPCAST, IEEE)
     # epilogue: the target's and the normalisation's terms along x_i
     pt = tl.load(row_ptr + B + rows, mask=rmask, other=0.0)
@@ -358,16 +383,17 @@ def _dx_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_
 
 
 @triton.jit
-def _dw_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_ptr, dw_ptr, db_ptr,
+def _dw_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, idx_ptr, row_ptr, g_ptr, stat_ptr, dw_ptr, db_ptr,
                B, C, D, ignore_index, scale, eps_smooth,
                NORM_X: tl.constexpr, NORM_W: tl.constexpr, HAS_BIAS: tl.constexpr, REDUCE: tl.constexpr,
-               UPCAST: tl.constexpr, IEEE: tl.constexpr,
+               HAS_IDX: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
                BB: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
     pid_d = tl.program_id(1)
     cols = tl.program_id(0).to(tl.int64) * BC + tl.arange(0, BC)
     ds = pid_d.to(tl.int64) * BD + tl.arange(0, BD)
     cmask = cols < C
     dmask = ds < D
+    wr = _wrows(idx_ptr, cols, cmask, HAS_IDX)
     acc = tl.zeros([BC, BD], tl.float32)
     q = tl.zeros([BC], tl.float32)  # sum_i dl (logit - b) over non-target entries
     tw = tl.zeros([BC], tl.float32)  # sum_i [y_i = j] dl_t TW_i
@@ -379,7 +405,7 @@ def _dw_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_
         valid = rmask & (y != ignore_index)
         g = _upstream(g_ptr, stat_ptr, rows, rmask, REDUCE)
         a, dl, zb, is_t = _dlogit_tile(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, row_ptr, rows, rmask, y, valid, g,
-                                       cols, cmask, B, C, D, scale, eps_smooth, NORM_X, NORM_W, HAS_BIAS,
+                                       cols, wr, cmask, B, C, D, scale, eps_smooth, NORM_X, NORM_W, HAS_BIAS,
                                        UPCAST, IEEE, BB, BC, BK)
         t_w = tl.load(row_ptr + 4 * B + rows, mask=valid, other=0.0)
         tw += tl.sum(tl.where(is_t, dl * t_w[:, None], 0.0), axis=0)
@@ -394,12 +420,12 @@ def _dw_kernel(x_ptr, w_ptr, b_ptr, nx_ptr, nw_ptr, y_ptr, row_ptr, g_ptr, stat_
         _cs, rw, pw, _n = _scales(nw_ptr, cols, cmask, 1.0, NORM_W)
         coef -= pw * rw * q
     wm = cmask[:, None] & dmask[None, :]
-    wt = tl.load(w_ptr + cols[:, None] * D + ds[None, :], mask=wm, other=0.0).to(tl.float32)
-    tl.store(dw_ptr + cols[:, None] * D + ds[None, :], (acc + coef[:, None] * wt).to(dw_ptr.dtype.element_ty),
+    wt = tl.load(w_ptr + wr[:, None] * D + ds[None, :], mask=wm, other=0.0).to(tl.float32)
+    tl.store(dw_ptr + wr[:, None] * D + ds[None, :], (acc + coef[:, None] * wt).to(dw_ptr.dtype.element_ty),
              mask=wm)
     if HAS_BIAS:
         if pid_d == 0:
-            tl.store(db_ptr + cols, dbias.to(db_ptr.dtype.element_ty), mask=cmask)
+            tl.store(db_ptr + wr, dbias.to(db_ptr.dtype.element_ty), mask=cmask)
 
 
 # ---------------------------------------------------------------------------- launchers
@@ -458,13 +484,14 @@ def _key(B, C, D, x):
     return (_tuning.bucket(B), _tuning.bucket(C), _tuning.bucket(D), str(x.dtype).removeprefix("torch."))
 
 
-def norms(t: torch.Tensor) -> torch.Tensor:
-    """fp32 row norms of a contiguous [N, D] tensor."""
-    N, D = t.shape
+def norms(t: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 row norms of a contiguous [N, D] tensor (of rows t[idx] when idx is given)."""
+    N, D = t.shape if idx is None else (idx.numel(), t.shape[1])
     out = torch.empty(N, dtype=torch.float32, device=t.device)
     if N:
         bd = min(triton.next_power_of_2(D), 128)
-        _norms_kernel[(triton.cdiv(N, 16),)](t, out, N, D, BLOCK_N=16, BLOCK_D=bd)
+        _norms_kernel[(triton.cdiv(N, 16),)](t, idx if idx is not None else out, out, N, D, HAS_IDX=idx is not None,
+                                             BLOCK_N=16, BLOCK_D=bd)
     return out
 
 
@@ -472,79 +499,116 @@ def _split(n_bb: int, n_cb: int) -> int:
     return max(1, min(n_cb, MAX_SPLIT, triton.cdiv(TARGET_PROGRAMS, n_bb)))
 
 
-def forward(x, w, b, y, nx, nw, *, kind, norm_x, norm_w, scale, ignore_index, eps_smooth=0.0,
-            m1=1.0, m2=0.0, m3=0.0, easy=False, detached=False, mi=1, lam=0.0, reduce=_reduce.MEAN):
-    """Loss (0-dim, or [B] for NONE, in x's dtype), the fp32 [5, B] row statistics and the
-    reduction stats [count, result] (None for NONE)."""
+def _classes(w, idx):
+    """(number of class positions, idx pointer argument): the sampled rows, or all of w."""
+    return (w.shape[0], w) if idx is None else (idx.numel(), idx)
+
+
+def _partials(x, w, b, y, nx, nw, idx, norm_x, norm_w, scale, smooth):
+    """Pass 2: the [2 or 3, B, n_split] fp32 partials of the non-target logits, and n_split."""
     B, D = x.shape
-    C = w.shape[0]
-    dev = x.device
-    smooth = eps_smooth > 0
-    flags = dict(NORM_X=norm_x, NORM_W=norm_w, HAS_BIAS=b is not None, SMOOTH=smooth, **_flags(x))
+    C, iptr = _classes(w, idx)
+    flags = dict(NORM_X=norm_x, NORM_W=norm_w, HAS_BIAS=b is not None, SMOOTH=smooth, HAS_IDX=idx is not None,
+                 **_flags(x))
     bptr = b if b is not None else nw
 
-    def launch(cfg, part=None, n_split=None):
+    def launch(cfg):
         n_bb, n_cb = triton.cdiv(B, cfg["BB"]), triton.cdiv(C, cfg["BC"])
-        n_split = n_split or _split(n_bb, n_cb)
-        part = part if part is not None else torch.empty((3 if smooth else 2) * B * n_split, dtype=torch.float32,
-                                                         device=dev)
-        meta = {k: v for k, v in cfg.items()}
-        _partial_kernel[(n_bb, n_split)](x, w, bptr, nx, nw, y, part, B, C, D, n_split,
-                                         triton.cdiv(n_cb, n_split), scale, **flags, **meta)
+        n_split = _split(n_bb, n_cb)
+        part = torch.empty((3 if smooth else 2) * B * n_split, dtype=torch.float32, device=x.device)
+        _partial_kernel[(n_bb, n_split)](x, w, bptr, nx, nw, y, iptr, part, B, C, D, n_split,
+                                         triton.cdiv(n_cb, n_split), scale, **flags, **cfg)
         return part, n_split
 
-    cfg = _tuning.pick(FORWARD_SPACE, _key(B, C, D, x), _device_name(x), launch)
-    part, n_split = launch(cfg)
+    return launch(_tuning.pick(FORWARD_SPACE, _key(B, C, D, x), _device_name(x), launch))
+
+
+def _finish(x, w, b, y, nx, nw, idx, part, n_split, out, rowstat, red, *, kind, norm_x, norm_w, scale,
+            ignore_index, eps_smooth, m1, m2, m3, easy, detached, mi, lam, reduce, shard):
+    B, D = x.shape
+    C, iptr = _classes(w, idx)
     th_cos = -2.0
     if kind == COMBINED:
         theta_max = (math.pi - m2) / m1
         th_cos = math.cos(theta_max) if theta_max < math.pi else -2.0
-    rowstat = torch.empty(5 * B, dtype=torch.float32, device=dev)
+    _finish_kernel[(triton.cdiv(B, _FINISH_BB),)](
+        x, w, b if b is not None else nw, nx, nw, y, iptr, part, out, rowstat, red, B, C, D, n_split, ignore_index,
+        scale, eps_smooth, m1, m2, m3, th_cos, mi, lam, KIND=kind, NORM_X=norm_x, NORM_W=norm_w,
+        HAS_BIAS=b is not None, SMOOTH=eps_smooth > 0, EASY=easy, DETACHED=detached, REDUCE=reduce,
+        HAS_IDX=idx is not None, SHARD=shard, BB=_FINISH_BB, BS=_FINISH_BS, BK=_FINISH_BK)
+
+
+def forward(x, w, b, y, nx, nw, *, kind, norm_x, norm_w, scale, ignore_index, eps_smooth=0.0,
+            m1=1.0, m2=0.0, m3=0.0, easy=False, detached=False, mi=1, lam=0.0, reduce=_reduce.MEAN):
+    """Loss (0-dim, or [B] for NONE, in x's dtype), the fp32 [5, B] row statistics and the
+    reduction stats [count, result] (None for NONE)."""
+    B = x.shape[0]
+    part, n_split = _partials(x, w, b, y, nx, nw, None, norm_x, norm_w, scale, eps_smooth > 0)
+    rowstat = torch.empty(5 * B, dtype=torch.float32, device=x.device)
     n_prog = triton.cdiv(B, _FINISH_BB)
     if reduce == _reduce.NONE:
-        out = torch.empty(B, dtype=x.dtype, device=dev)
+        out = torch.empty(B, dtype=x.dtype, device=x.device)
         red = rowstat
     else:
-        out = torch.empty((), dtype=x.dtype, device=dev)
-        red = _reduce.partials(n_prog, True, dev)
-    _finish_kernel[(n_prog,)](x, w, bptr, nx, nw, y, part, out, rowstat, red, B, C, D, n_split, ignore_index,
-                              scale, eps_smooth, m1, m2, m3, th_cos, mi, lam, KIND=kind, NORM_X=norm_x,
-                              NORM_W=norm_w, HAS_BIAS=b is not None, SMOOTH=smooth, EASY=easy,
-                              DETACHED=detached, REDUCE=reduce, BB=_FINISH_BB, BS=_FINISH_BS, BK=_FINISH_BK)
+        out = torch.empty((), dtype=x.dtype, device=x.device)
+        red = _reduce.partials(n_prog, True, x.device)
+    _finish(x, w, b, y, nx, nw, None, part, n_split, out, rowstat, red, kind=kind, norm_x=norm_x, norm_w=norm_w,
+            scale=scale, ignore_index=ignore_index, eps_smooth=eps_smooth, m1=m1, m2=m2, m3=m3, easy=easy,
+            detached=detached, mi=mi, lam=lam, reduce=reduce, shard=False)
     stats = None
     if reduce != _reduce.NONE:
         stats = _reduce.finish(red, n_prog, out, float(B), True, reduce)
     return out, rowstat, stats
 
 
+def shard_forward(x, w, y, nx, nw, idx=None, *, kind, norm_x, norm_w, scale, ignore_index, m1=1.0, m2=0.0,
+                  m3=0.0, easy=False, detached=False, mi=1, lam=0.0):
+    """One class shard's share of the softmax, for the rows x [B, D] and the classes w (or
+    w[idx]); labels y are positions among those classes, any other value (not ignore_index)
+    marks a target held elsewhere. Returns (phi, rowstat), fp32: phi [B] the target logit
+    where this shard holds the target, else 0; rowstat [5, B]: this shard's max and sum-exp
+    (target included where held) and the target's (Tdot, TX, TW) where held, else 0.
+    `backward` takes rowstat once rows 0 and 1 hold the global lse and exp(phi - lse)."""
+    B = x.shape[0]
+    part, n_split = _partials(x, w, None, y, nx, nw, idx, norm_x, norm_w, scale, False)
+    phi = torch.empty(B, dtype=torch.float32, device=x.device)
+    rowstat = torch.empty(5 * B, dtype=torch.float32, device=x.device)
+    _finish(x, w, None, y, nx, nw, idx, part, n_split, phi, rowstat, rowstat, kind=kind, norm_x=norm_x,
+            norm_w=norm_w, scale=scale, ignore_index=ignore_index, eps_smooth=0.0, m1=m1, m2=m2, m3=m3, easy=easy,
+            detached=detached, mi=mi, lam=lam, reduce=_reduce.NONE, shard=True)
+    return phi, rowstat.view(5, B)
+
+
 def backward(g, x, w, b, y, nx, nw, rowstat, stats, *, norm_x, norm_w, scale, ignore_index, eps_smooth=0.0,
-             reduce=_reduce.MEAN, need_x=True, need_w=True):
-    """(dx in x's dtype, dw in w's dtype, db in b's dtype), each None when not needed."""
+             reduce=_reduce.MEAN, need_x=True, need_w=True, idx=None, dx_dtype=None):
+    """(dx in dx_dtype or x's dtype, dw in w's dtype, db in b's dtype), each None when not
+    needed. With idx only the rows w[idx] take part; dw is 0 in the other rows."""
     B, D = x.shape
-    C = w.shape[0]
+    C, iptr = _classes(w, idx)
     g = g.contiguous()
     stat = stats if stats is not None else rowstat
     bptr = b if b is not None else nw
-    flags = dict(NORM_X=norm_x, NORM_W=norm_w, HAS_BIAS=b is not None, REDUCE=reduce, **_flags(x, True))
+    flags = dict(NORM_X=norm_x, NORM_W=norm_w, HAS_BIAS=b is not None, REDUCE=reduce, HAS_IDX=idx is not None,
+                 **_flags(x, True))
     args = (B, C, D, ignore_index, scale, eps_smooth)
     key = _key(B, C, D, x)
     dx = dw = db = None
     if need_x:
-        dx = torch.empty_like(x)
+        dx = torch.empty(x.shape, dtype=dx_dtype or x.dtype, device=x.device)
 
         def launch_dx(cfg):
             grid = (triton.cdiv(B, cfg["BB"]), triton.cdiv(D, cfg["BD"]))
-            _dx_kernel[grid](x, w, bptr, nx, nw, y, rowstat, g, stat, dx, *args, **flags, **cfg)
+            _dx_kernel[grid](x, w, bptr, nx, nw, y, iptr, rowstat, g, stat, dx, *args, **flags, **cfg)
 
         launch_dx(_tuning.pick(DX_SPACE, key, _device_name(x), launch_dx))
     if need_w:
-        dw = torch.empty_like(w)
-        db = torch.empty_like(b) if b is not None else None
+        dw = torch.empty_like(w) if idx is None else torch.zeros_like(w)
+        db = None if b is None else torch.empty_like(b) if idx is None else torch.zeros_like(b)
         dbptr = db if db is not None else nw
 
         def launch_dw(cfg):
             grid = (triton.cdiv(C, cfg["BC"]), triton.cdiv(D, cfg["BD"]))
-            _dw_kernel[grid](x, w, bptr, nx, nw, y, rowstat, g, stat, dw, dbptr, *args, **flags, **cfg)
+            _dw_kernel[grid](x, w, bptr, nx, nw, y, iptr, rowstat, g, stat, dw, dbptr, *args, **flags, **cfg)
 
         launch_dw(_tuning.pick(DW_SPACE, key, _device_name(x), launch_dw))
     return dx, dw, db

@@ -77,8 +77,9 @@ class _MarginCE(torch.autograd.Function):
         return None, dx if need_x else None, dw if need_w else None, db if need_b else None, None
 
 
-def _check(names, x, w, labels, bias, reduction, ignore_index):
-    """Validate (x [B, D], w [C, D], labels [B], bias [C] or None); return int64 labels."""
+def _check(names, x, w, labels, bias, reduction, ignore_index, num_classes=None):
+    """Validate (x [B, D], w [C, D], labels [B], bias [C] or None); return int64 labels.
+    `num_classes`: the label range when w holds a shard of the classes (C may then be 0)."""
     xn, wn, yn = names
     _validate.reduction(reduction)
     _validate.integer("ignore_index", ignore_index)
@@ -87,8 +88,9 @@ def _check(names, x, w, labels, bias, reduction, ignore_index):
     _validate.same_device(**{xn: x, wn: w})
     if x.dim() != 2:
         raise ValueError(f"{xn}: expected a 2-D tensor [B, D], got shape {tuple(x.shape)}")
-    if w.dim() != 2 or w.shape[1] != x.shape[1] or w.shape[0] == 0:
-        raise ValueError(f"{wn}: expected a 2-D tensor [C, {x.shape[1]}] with C >= 1, got shape {tuple(w.shape)}")
+    if w.dim() != 2 or w.shape[1] != x.shape[1] or (num_classes is None and w.shape[0] == 0):
+        at_least = "" if num_classes is not None else " with C >= 1"
+        raise ValueError(f"{wn}: expected a 2-D tensor [C, {x.shape[1]}]{at_least}, got shape {tuple(w.shape)}")
     if x.shape[1] == 0:
         raise ValueError(f"{xn}: expected at least one feature, got shape {tuple(x.shape)}")
     if w.dtype != x.dtype:
@@ -101,7 +103,7 @@ def _check(names, x, w, labels, bias, reduction, ignore_index):
         if bias.dtype != x.dtype:
             raise TypeError(f"bias: expected dtype {x.dtype} like {xn}, got {bias.dtype}")
     y = _validate.labels(yn, labels, (x.shape[0],), x)
-    _validate.labels_in_range(yn, y, w.shape[0], ignore_index)
+    _validate.labels_in_range(yn, y, w.shape[0] if num_classes is None else num_classes, ignore_index)
     return y
 
 
@@ -136,20 +138,28 @@ def margin_cross_entropy(embeddings: torch.Tensor, weight: torch.Tensor, labels:
     theta from c anyway); "detached" treats the margin offset as a constant (derivative of
     s c at the target), as insightface's CombinedMarginLoss since 2022.
     Unlike insightface the cosines are not clamped to [-1, 1] in the gradient."""
+    opts = combined_options(scale, m1, m2, m3, easy_margin, margin_grad)
+    return _run(combined_spec(opts), _EMB, embeddings, weight, labels, None, reduction, ignore_index,
+                lambda: ref.margin_cross_entropy(embeddings, weight, labels, **opts, ignore_index=ignore_index,
+                                                 reduction=reduction))
+
+
+def combined_options(scale, m1, m2, m3, easy_margin, margin_grad) -> dict:
+    """The validated combined-margin options, as the reference takes them."""
     scale = _validate.number("scale", scale, low=0.0, low_open=True)
     m1 = _validate.number("m1", m1, low=0.0, low_open=True)
     m2 = _validate.number("m2", m2, low=0.0)
     if m2 >= math.pi:
         raise ValueError(f"m2: expected a number in [0, pi), got {m2}")
-    m3 = _validate.number("m3", m3)
-    easy = _validate.flag("easy_margin", easy_margin)
-    margin_grad = _validate.choice("margin_grad", margin_grad, ("exact", "detached"))
-    return _run(dict(kind=K.COMBINED, norm_x=True, norm_w=True, scale=scale, m1=m1, m2=m2, m3=m3, easy=easy,
-                     detached=margin_grad == "detached"), _EMB, embeddings, weight, labels, None, reduction,
-                ignore_index,
-                lambda: ref.margin_cross_entropy(embeddings, weight, labels, scale=scale, m1=m1, m2=m2, m3=m3,
-                                                 easy_margin=easy, margin_grad=margin_grad,
-                                                 ignore_index=ignore_index, reduction=reduction))
+    return dict(scale=scale, m1=m1, m2=m2, m3=_validate.number("m3", m3),
+                easy_margin=_validate.flag("easy_margin", easy_margin),
+                margin_grad=_validate.choice("margin_grad", margin_grad, ("exact", "detached")))
+
+
+def combined_spec(opts: dict) -> dict:
+    """`combined_options` as the kernels take them."""
+    return dict(kind=K.COMBINED, norm_x=True, norm_w=True, scale=opts["scale"], m1=opts["m1"], m2=opts["m2"],
+                m3=opts["m3"], easy=opts["easy_margin"], detached=opts["margin_grad"] == "detached")
 
 
 def arcface_loss(embeddings: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, scale: float = 64.0,

@@ -66,12 +66,20 @@ class _Combined(torch.autograd.Function):
         return g * df, None, None, None, None, None
 
 
-def margin_cross_entropy(embeddings, weight, labels, *, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
-                         easy_margin=False, margin_grad="exact", ignore_index=-100, reduction="mean"):
+def combined_logits(embeddings, weight, labels, *, scale=64.0, m1=1.0, m2=0.0, m3=0.0, easy_margin=False,
+                    margin_grad="exact"):
+    """The [B, C] logits of the combined margin; rows whose label is not in [0, C) have no target."""
     cos = F.linear(F.normalize(embeddings, dim=1), F.normalize(weight, dim=1))
     c = _gather(cos, labels).clamp(-1, 1)
     f = _Combined.apply(c, m1, m2, m3, easy_margin, margin_grad == "detached")
-    return _ce(_with_target(scale * cos, labels, scale * f), labels, ignore_index, reduction)
+    return _with_target(scale * cos, labels, scale * f)
+
+
+def margin_cross_entropy(embeddings, weight, labels, *, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
+                         easy_margin=False, margin_grad="exact", ignore_index=-100, reduction="mean"):
+    logits = combined_logits(embeddings, weight, labels, scale=scale, m1=m1, m2=m2, m3=m3, easy_margin=easy_margin,
+                             margin_grad=margin_grad)
+    return _ce(logits, labels, ignore_index, reduction)
 
 
 def arcface_loss(embeddings, weight, labels, *, scale=64.0, margin=0.5, easy_margin=False,
