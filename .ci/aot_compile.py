@@ -6,7 +6,8 @@ target (default sm_90) without a GPU: catches what Triton's interpreter lets thr
 
 Step 1 (a child process with TRITON_INTERPRET=1) runs the check cases and records each
 launch: the kernel, the type of every argument (pointer dtype, i32/i64, fp32) and the
-value of every constexpr, plus num_warps / num_stages. Step 2 (this process, compiled
+value of every constexpr, plus num_warps / num_stages; and the margin kernels' class-shard
+variants that tritonloss.distributed launches. Step 2 (this process, compiled
 mode) builds each distinct specialization with triton.compile for the target. Exit 1 if
 any fails. Kernels launched only on CUDA paths the check does not reach are not covered.
 """
@@ -69,8 +70,27 @@ def record(path: str, family: str | None) -> None:
     from tritonloss import cli
 
     cli.check(quick=True, family=family)
+    if family in (None, "margin"):
+        _shard_launches()
     with open(path, "w") as f:
         json.dump([json.loads(k) for k in launches], f)
+
+
+def _shard_launches() -> None:
+    """The margin kernels' class-shard variants that tritonloss.distributed launches (a
+    class index, the SHARD finish), which the check cases (one process) do not reach."""
+    import torch
+    from tritonloss.kernels import _reduce
+    from tritonloss.kernels import margin as K
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x, w = torch.randn(5, 8, dtype=dtype), torch.randn(6, 8, dtype=dtype)
+        idx, y = torch.tensor([0, 2, 5]), torch.tensor([0, -2, 2, -1, 1])
+        nx, nw = K.norms(x), K.norms(w, idx)
+        _, rowstat = K.shard_forward(x, w, y, nx, nw, idx, kind=K.COMBINED, norm_x=True, norm_w=True, scale=64.0,
+                                     ignore_index=-1, m2=0.5)
+        K.backward(torch.ones(5), x, w, None, y, nx, nw, rowstat.view(-1), None, norm_x=True, norm_w=True,
+                   scale=64.0, ignore_index=-1, reduce=_reduce.NONE, idx=idx, dx_dtype=torch.float32)
 
 
 def build(launches: list, arch: int) -> int:
