@@ -26,13 +26,13 @@ OPTIONS = [dict(m2=0.5), dict(m1=1.0, m2=0.3, m3=0.2, margin_grad="detached"), d
            dict(m2=0.5, easy_margin=True)]
 
 
-def _spawn(world, fn, *args):
+def _spawn(world, fn, *args, backend="gloo"):
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_entry, args=(world, os.path.join(d, "store"), fn, args), nprocs=world)
+        mp.spawn(_entry, args=(world, os.path.join(d, "store"), backend, fn, args), nprocs=world)
 
 
-def _entry(rank, world, store, fn, args):
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+def _entry(rank, world, store, backend, fn, args):
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
     try:
         fn(rank, world, *args)
@@ -52,7 +52,7 @@ def _data(sizes, C, D, seed, labels_from=None, ignored=(1,)):
     return x, w, y
 
 
-def _compare_sharded(rank, sizes, shards, C, D, dtype, seed, reduction, opts, labels_from=None):
+def _compare_sharded(rank, sizes, shards, C, D, dtype, seed, reduction, opts, labels_from=None, device="cpu"):
     """This rank's loss and gradients against the float64 single-process reference."""
     x, w, y = _data(sizes, C, D, seed, labels_from)
     x, w = x.to(dtype).double(), w.to(dtype).double()  # the values the ranks hold
@@ -63,12 +63,12 @@ def _compare_sharded(rank, sizes, shards, C, D, dtype, seed, reduction, opts, la
     ref = R.margin_cross_entropy(xr, wr, y, **opts, ignore_index=IGNORE, reduction=reduction)
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     ref.backward(grad)
-    xl = x[rows].to(dtype).requires_grad_()
-    wl = w[start:start + count].to(dtype).requires_grad_()
-    out = TD.margin_cross_entropy(xl, wl, y[rows], class_start=start, num_classes=C, **opts, ignore_index=IGNORE,
-                                  reduction=reduction)
+    xl = x[rows].to(device, dtype).requires_grad_()
+    wl = w[start:start + count].to(device, dtype).requires_grad_()
+    out = TD.margin_cross_entropy(xl, wl, y[rows].to(device), class_start=start, num_classes=C, **opts,
+                                  ignore_index=IGNORE, reduction=reduction)
     assert out.dtype == dtype
-    out.backward(grad[rows].to(dtype) if reduction == "none" else grad.to(dtype))
+    out.backward((grad[rows] if reduction == "none" else grad).to(device, dtype))
     what = f"rank {rank} {reduction} {opts} sizes {sizes} shards {shards} {dtype}"
     tol = torch.float32 if dtype == torch.float64 else dtype
     assert_close(out, ref.detach()[rows] if reduction == "none" else ref.detach(), tol, what=f"loss, {what}")
@@ -189,6 +189,37 @@ def _errors(rank, world):
 
 def test_errors_reach_every_rank():
     _spawn(3, _errors)
+
+
+def _cuda_one_rank(rank, world):
+    torch.cuda.set_device(0)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for j, reduction in enumerate(("none", "sum", "mean")):
+            _compare_sharded(rank, [300], [(0, 1000)], 1000, 128, dtype, j, reduction, OPTIONS[j], device="cuda")
+    # Partial FC on the GPU: the loss over the kept classes, zero gradient elsewhere
+    x, w, y = _data([300], 1000, 128, 7)
+    xl, wl = x.float().cuda().requires_grad_(), w.float().cuda().requires_grad_()
+    seed = 5
+    out = TD.margin_cross_entropy(xl, wl, y.cuda(), class_start=0, num_classes=1000, m2=0.5, ignore_index=IGNORE,
+                                  sample_rate=0.25, generator=torch.Generator("cuda").manual_seed(seed))
+    out.backward()
+    idx = TD._sample_classes(y.cuda(), 0, 1000, IGNORE, 0.25, torch.Generator("cuda").manual_seed(seed)).cpu()
+    xr, wr = x.float().double().requires_grad_(), w.float().double()[idx].requires_grad_()
+    ref = R.margin_cross_entropy(xr, wr, torch.where(y == IGNORE, IGNORE, torch.searchsorted(idx, y)), m2=0.5,
+                                 ignore_index=IGNORE)
+    ref.backward()
+    assert_close(out, ref.detach(), torch.float32, what="partial fc loss")
+    assert_close(xl.grad, xr.grad, torch.float32, what="partial fc dx")
+    assert_close(wl.grad[idx], wr.grad, torch.float32, what="partial fc dw")
+    kept = torch.zeros(1000, dtype=torch.bool)
+    kept[idx] = True
+    assert torch.equal(wl.grad.cpu()[~kept], torch.zeros_like(wl.grad.cpu()[~kept]))
+
+
+@pytest.mark.gpu
+def test_cuda_nccl_one_rank():
+    """The compiled kernels' shard variants (class index, SHARD finish) under NCCL on one GPU."""
+    _spawn(1, _cuda_one_rank, backend="nccl")
 
 
 def test_needs_a_process_group():
