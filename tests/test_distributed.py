@@ -182,6 +182,8 @@ def _errors(rank, world):
     assert torch.equal(torch.isnan(rows), torch.tensor([False, False, False, rank == 1]))
     with pytest.raises(TypeError if rank == 2 else ValueError, match="weight_shard" if rank == 2 else "rank"):
         call(x, w.double() if rank == 2 else w, y, class_start=4 * rank, num_classes=12)
+    with pytest.raises(TypeError if rank == 0 else ValueError, match="generator" if rank == 0 else "rank"):
+        call(x, w, y, class_start=4 * rank, num_classes=12, sample_rate=0.5, generator=1 if rank == 0 else None)
     # the group still works after the errors
     out = call(x, w, y, class_start=4 * rank, num_classes=12)
     assert torch.isfinite(out)

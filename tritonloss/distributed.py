@@ -245,7 +245,7 @@ def _eager_backward(cfg, x_all, w, lse, g, need_x, need_w):
     return (next(grads) if need_x else None), (next(grads) if need_w else None)
 
 
-def _arguments(x, w, labels, class_start, num_classes, ignore_index, reduction, sample_rate, margin):
+def _arguments(x, w, labels, class_start, num_classes, ignore_index, reduction, sample_rate, generator, margin):
     """This rank's argument checks: (margin options, sample_rate, int64 labels)."""
     opts = combined_options(*margin)
     sample_rate = _validate.number("sample_rate", sample_rate, low=0.0, high=1.0, low_open=True)
@@ -262,6 +262,11 @@ def _arguments(x, w, labels, class_start, num_classes, ignore_index, reduction, 
     if class_start + w.shape[0] > num_classes:
         raise ValueError(f"weight_shard: classes [{class_start}, {class_start + w.shape[0]}) exceed "
                          f"num_classes {num_classes}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != x.device.type:
+            raise ValueError(f"generator: expected one on {x.device.type} like embeddings, got {generator.device}")
     return opts, sample_rate, labels
 
 
@@ -282,7 +287,7 @@ def margin_cross_entropy(embeddings: torch.Tensor, weight_shard: torch.Tensor, l
     error = opts = None
     try:
         opts, sample_rate, labels = _arguments(embeddings, weight_shard, labels, class_start, num_classes,
-                                               ignore_index, reduction, sample_rate,
+                                               ignore_index, reduction, sample_rate, generator,
                                                (scale, m1, m2, m3, easy_margin, margin_grad))
     except (TypeError, ValueError) as e:
         error = e
