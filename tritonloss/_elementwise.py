@@ -1,8 +1,14 @@
-"""The autograd wrapper of every elementwise loss (kernels/_elementwise.py's launchers)."""
+"""The autograd wrapper of every elementwise loss (kernels/_elementwise.py's launchers).
+
+Forward and backward are torch.library custom ops ("tritonloss::elementwise_forward" /
+"_backward") with fake implementations, so that torch.compile(fullgraph=True) keeps them
+as opaque nodes instead of tracing the launchers' Python (the tuner's cache, the
+interpreter). The family's kernel module travels by name.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import importlib
 
 import torch
 
@@ -12,43 +18,60 @@ from .kernels import _reduce
 REDUCE = {"none": _reduce.NONE, "sum": _reduce.SUM, "mean": _reduce.MEAN, "rms": _reduce.RMS}
 
 
-class Spec(NamedTuple):
-    kernels: object  # the family's kernel module: forward(...) and backward(...)
-    loss: int
-    opt: int
-    params: tuple
-    reduce: int
-    q_div: int = 1
-    count: int | None = None  # the normaliser of "mean" without a weight (default numel)
+@torch.library.custom_op("tritonloss::elementwise_forward", mutates_args=())
+def _forward(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None, w: torch.Tensor | None,
+             q: torch.Tensor | None, family: str, loss: int, opt: int, params: list[float], reduce: int, q_div: int,
+             count: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, fp32 stats [normaliser, result]) of kernels.<family>.forward."""
+    with _runtime.on_device(x):
+        return importlib.import_module(family).forward(loss, opt, tuple(params), x, y, z, w, q, reduce,
+                                                       q_div=q_div, count=count)
 
 
-class Elementwise(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, spec, x, y, z, w, q):
-        k = spec.kernels
-        out, stats = k.forward(spec.loss, spec.opt, spec.params, x, y, z, w, q, spec.reduce,
-                               q_div=spec.q_div, count=spec.count)
-        ctx.spec = spec
-        ctx.save_for_backward(x, y, z, w, q, stats)
-        return out
+@_forward.register_fake
+def _(x, y, z, w, q, family, loss, opt, params, reduce, q_div, count):
+    return x.new_empty(x.shape if reduce == _reduce.NONE else ()), x.new_empty(2, dtype=torch.float32)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, y, z, w, q, stats = ctx.saved_tensors
-        s = ctx.spec
-        dx, dy, dz = s.kernels.backward(s.loss, s.opt, s.params, x, y, z, w, q, s.reduce,
-                                        grad.contiguous(), stats, ctx.needs_input_grad[1:4], q_div=s.q_div)
-        return None, dx, dy, dz, None, None
+
+@torch.library.custom_op("tritonloss::elementwise_backward", mutates_args=())
+def _backward(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None, w: torch.Tensor | None,
+              q: torch.Tensor | None, stats: torch.Tensor, need: list[bool], family: str, loss: int, opt: int,
+              params: list[float], reduce: int, q_div: int) -> list[torch.Tensor]:
+    """[dx, dy, dz] of kernels.<family>.backward; an empty tensor where `need` says no."""
+    with _runtime.on_device(x):
+        grads = importlib.import_module(family).backward(loss, opt, tuple(params), x, y, z, w, q, reduce, g, stats,
+                                                         tuple(need), q_div=q_div)
+    return [t if t is not None else x.new_empty(0) for t in grads]
+
+
+@_backward.register_fake
+def _(g, x, y, z, w, q, stats, need, family, loss, opt, params, reduce, q_div):
+    return [torch.empty_like(t) if t is not None and want else x.new_empty(0) for t, want in zip((x, y, z), need)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, z, w, q, family, loss, opt, params, reduce, q_div, _count = inputs
+    ctx.save_for_backward(x, y, z, w, q, output[1])
+    ctx.args = (family, loss, opt, params, reduce, q_div)
+
+
+def _differentiate(ctx, grad, _grad_stats):
+    x, y, z, w, q, stats = ctx.saved_tensors
+    need = [bool(v) for v in ctx.needs_input_grad[:3]]
+    grads = _backward(grad.contiguous(), x, y, z, w, q, stats, need, *ctx.args)
+    return (*(t if want else None for t, want in zip(grads, need)),) + (None,) * 9
+
+
+_forward.register_autograd(_differentiate, setup_context=_setup_context)
 
 
 def apply(kernels, loss: int, reduction: str, shape, x, y, z=None, w=None, q=None, params=(), opt=0,
           q_div=1, count=None):
     """Run the elementwise kernels on tensors that broadcast to `shape` (w and q detached)."""
-    spec = Spec(kernels, loss, opt, tuple(params), REDUCE[reduction], q_div, count)
     x, y = (t.expand(shape).contiguous() for t in (x, y))
     z = z.expand(shape).contiguous() if z is not None else None
     w = w.detach().expand(shape).contiguous() if w is not None else None
     q = q.detach().contiguous() if q is not None else None
-    with _runtime.on_device(x):
-        return Elementwise.apply(spec, x, y, z, w, q)
+    out, _stats = _forward(x, y, z, w, q, kernels.__name__, loss, opt, [float(v) for v in params], REDUCE[reduction],
+                           q_div, count)
+    return out
