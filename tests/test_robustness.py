@@ -105,10 +105,10 @@ def test_eager_cpu_path_inside_torch_compile(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_elementwise_engine_inside_torch_compile_fullgraph(name, monkeypatch):
-    """Losses on the elementwise engine run as torch.library custom ops: they compile with
-    fullgraph=True (AOT autograd), kernels and all, with bitwise the results of eager calls.
-    The other families' launchers are not custom ops yet (skipped, with the reason)."""
+def test_inside_torch_compile(name, monkeypatch):
+    """Every loss works inside torch.compile (AOT autograd), kernels included (interpreted
+    here), bitwise equal to eager calls. Losses on the elementwise engine are torch.library
+    custom ops and compile with fullgraph=True; the others' launchers run as a graph break."""
     case = CASES[name]
     args, opts = _make(case)
     red = case.reductions[-1]
@@ -116,10 +116,9 @@ def test_elementwise_engine_inside_torch_compile_fullgraph(name, monkeypatch):
     monkeypatch.setattr(_elementwise, "_forward", lambda *a: calls.append(1) or real(*a))
     plain = _run(case, args, opts, red)
     monkeypatch.undo()
-    if not calls:
-        pytest.skip("not on the elementwise engine: its launchers are not torch.library custom ops yet")
     torch._dynamo.reset()
-    out, grads = _run(case._replace(fn=torch.compile(case.fn, fullgraph=True, backend="aot_eager")), args, opts, red)
+    compiled = torch.compile(case.fn, fullgraph=bool(calls), backend="aot_eager")
+    out, grads = _run(case._replace(fn=compiled), args, opts, red)
     assert torch.equal(out.nan_to_num(), plain[0].nan_to_num())
     for a, b in zip(grads, plain[1]):
         assert torch.equal(a.nan_to_num(), b.nan_to_num()), f"{name}: compiled gradient differs"

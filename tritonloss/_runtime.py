@@ -62,3 +62,11 @@ def on_device(t: torch.Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+@torch.compiler.disable
+def untraced(apply, *args):
+    """apply(*args) outside torch.compile's tracing (a graph break there, run eagerly): the
+    launchers' Python (the tuner's cache, Triton's interpreter) is not traceable. Losses on
+    the elementwise engine need none of this: they are torch.library custom ops."""
+    return apply(*args)

@@ -71,7 +71,7 @@ def _run(loss: int, boxes1, boxes2, box_format, eps, reduction, eager, p0=0.0, c
     b1, b2 = (t.expand(shape).reshape(-1, 4).contiguous() for t in (boxes1, boxes2))
     spec = (loss, cd, _FORMATS[box_format], eps, float(p0), reduce)
     with _runtime.on_device(b1):
-        out = _Boxes.apply(spec, b1, b2)
+        out = _runtime.untraced(_Boxes.apply, spec, b1, b2)
     return out.view(shape[:-1]) if reduce == K.NONE else out
 
 
@@ -160,4 +160,4 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str = "iou", box_f
         return ref.box_iou(boxes1, boxes2, kind, box_format)
     b1, b2 = boxes1.detach().contiguous(), boxes2.detach().contiguous()
     with _runtime.on_device(b1):
-        return K.pairwise(_KINDS[kind], _FORMATS[box_format], 1e-7, b1, b2)
+        return _runtime.untraced(K.pairwise, _KINDS[kind], _FORMATS[box_format], 1e-7, b1, b2)

@@ -86,7 +86,7 @@ def _rows(loss, reduction, input, t, w, C, S, scalars, *, ignore, has_norm, coun
     spec = _RowSpec(space[0], space[1], C, S, tuple(scalars), flags, _REDUCE[reduction], count)
     x = input.contiguous()
     with _runtime.on_device(x):
-        out = _Rows.apply(spec, x, t, w)
+        out = _runtime.untraced(_Rows.apply, spec, x, t, w)
     if reduction == "none":
         out = out.reshape(out_shape if out_shape is not None else _label_shape(input))
     return out
@@ -259,7 +259,7 @@ def multilabel_margin_loss(input: torch.Tensor, target: torch.Tensor, reduction:
         _validate.labels_in_range("target", torch.where(read, t, 0), C)
     x = input.contiguous().reshape(-1, C)
     with _runtime.on_device(x):
-        out = _MultilabelMargin.apply(_REDUCE[reduction], x, t.reshape(-1, C))
+        out = _runtime.untraced(_MultilabelMargin.apply, _REDUCE[reduction], x, t.reshape(-1, C))
     return out.reshape(()) if reduction == "none" and input.dim() == 1 else out
 
 
@@ -469,7 +469,7 @@ def dr_loss(input: torch.Tensor, target: torch.Tensor, margin: float = 0.5, pos_
         return ref.dr_loss(input, t, margin, pos_lambda, neg_lambda, L, tau)
     x = input.contiguous()
     with _runtime.on_device(x):
-        return _DR.apply(x, t, margin, pos_lambda, neg_lambda, L, tau)
+        return _runtime.untraced(_DR.apply, x, t, margin, pos_lambda, neg_lambda, L, tau)
 
 
 class _AP(torch.autograd.Function):
@@ -509,4 +509,4 @@ def ap_loss(input: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> to
         return ref.ap_loss(input, t, delta)
     x = input.contiguous()
     with _runtime.on_device(x):
-        return _AP.apply(x, t, delta)
+        return _runtime.untraced(_AP.apply, x, t, delta)

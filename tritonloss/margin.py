@@ -116,7 +116,7 @@ def _run(spec_args, names, x, w, labels, bias, reduction, ignore_index, eager):
     xc, wc = x.contiguous(), w.contiguous()
     bc = bias.contiguous() if bias is not None else None
     with _runtime.on_device(xc):
-        return _MarginCE.apply(spec, xc, wc, bc, y)
+        return _runtime.untraced(_MarginCE.apply, spec, xc, wc, bc, y)
 
 
 _EMB = ("embeddings", "weight", "labels")

@@ -113,8 +113,8 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, *, margin: floa
     metric = _DISTANCES[distance]
     x = embeddings.contiguous()
     with _runtime.on_device(x):
-        return _TripletMined.apply(x, labels.to(torch.int64).contiguous(), margin, mining, metric,
-                                   normalize or metric == K.COSINE, soft_margin, _REDUCE[reduction])
+        return _runtime.untraced(_TripletMined.apply, x, labels.to(torch.int64).contiguous(), margin, mining, metric,
+                                 normalize or metric == K.COSINE, soft_margin, _REDUCE[reduction])
 
 
 # --- row losses ------------------------------------------------------------------------------
@@ -154,7 +154,8 @@ def _rows(loss, reduction, a, b=None, c=None, labels=None, target=None, radius=N
           opt=0):
     """Run the row kernels on contiguous 2-D operands; returns the loss."""
     with _runtime.on_device(a):
-        return _Rows.apply(loss, opt, tuple(params), _REDUCE[reduction], a, b, c, labels, target, radius)
+        return _runtime.untraced(_Rows.apply, loss, opt, tuple(params), _REDUCE[reduction], a, b, c, labels, target,
+                                 radius)
 
 
 def _as_rows(name: str, t) -> tuple[torch.Tensor, bool]:
@@ -356,7 +357,8 @@ def update_centers(centers: torch.Tensor, features: torch.Tensor, labels: torch.
         centers.copy_(ref.update_centers(centers, features, labels, alpha))
         return
     with _runtime.on_device(centers):
-        K.update_centers(centers, features.detach().contiguous(), labels.to(torch.int64).contiguous(), alpha)
+        _runtime.untraced(K.update_centers, centers, features.detach().contiguous(),
+                          labels.to(torch.int64).contiguous(), alpha)
 
 
 class _TripletCenter(torch.autograd.Function):
@@ -394,8 +396,8 @@ def triplet_center_loss(features: torch.Tensor, labels: torch.Tensor, centers: t
     if not _runtime.use_kernels(features, centers):
         return ref.triplet_center_loss(features, labels, centers, margin, reduction)
     with _runtime.on_device(features):
-        return _TripletCenter.apply(features.contiguous(), centers.contiguous(),
-                                    labels.to(torch.int64).contiguous(), margin, _REDUCE[reduction])
+        return _runtime.untraced(_TripletCenter.apply, features.contiguous(), centers.contiguous(),
+                                 labels.to(torch.int64).contiguous(), margin, _REDUCE[reduction])
 
 
 class _CenterInvariant(torch.autograd.Function):
@@ -425,7 +427,8 @@ def center_invariant_loss(labels: torch.Tensor, centers: torch.Tensor, reduction
     if not _runtime.use_kernels(centers):
         return ref.center_invariant_loss(labels, centers, reduction)
     with _runtime.on_device(centers):
-        return _CenterInvariant.apply(centers.contiguous(), labels.to(torch.int64).contiguous(), _REDUCE[reduction])
+        return _runtime.untraced(_CenterInvariant.apply, centers.contiguous(), labels.to(torch.int64).contiguous(),
+                                 _REDUCE[reduction])
 
 
 class _BatchContrastive(torch.autograd.Function):
@@ -457,7 +460,8 @@ def batch_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margi
     if not _runtime.use_kernels(embeddings):
         return ref.batch_contrastive_loss(embeddings, labels, margin)
     with _runtime.on_device(embeddings):
-        return _BatchContrastive.apply(embeddings.contiguous(), labels.to(torch.int64).contiguous(), margin)
+        return _runtime.untraced(_BatchContrastive.apply, embeddings.contiguous(), labels.to(torch.int64).contiguous(),
+                                 margin)
 
 
 class _Range(torch.autograd.Function):
@@ -500,4 +504,5 @@ def range_loss(features: torch.Tensor, labels: torch.Tensor, *, k: int = 2, marg
     if not _runtime.use_kernels(features):
         return ref.range_loss(features, labels, k=k, margin=margin, alpha=alpha, beta=beta)
     with _runtime.on_device(features):
-        return _Range.apply(features.contiguous(), labels.to(torch.int64).contiguous(), k, margin, alpha, beta)
+        return _runtime.untraced(_Range.apply, features.contiguous(), labels.to(torch.int64).contiguous(), k, margin,
+                                 alpha, beta)

@@ -185,7 +185,7 @@ def _overlap(input, target, form, expo, activation, include_background, squared,
     )
     w = weight.detach().contiguous() if weight is not None else None
     with _runtime.on_device(x):
-        out = _Overlap.apply(spec, x, t, w)
+        out = _runtime.untraced(_Overlap.apply, spec, x, t, w)
     return out[0] if batch and reduction == "none" else out
 
 
