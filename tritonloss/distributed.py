@@ -146,10 +146,10 @@ class _Sharded(torch.autograd.Function):
         n_local = w.shape[0] if idx is None else idx.numel()
         n_rows = x_all.shape[0]
         nx = nw = None
+        rowstat = torch.zeros((5, n_rows), dtype=stat_dtype, device=x.device)  # the kernels write their own
         if n_local == 0 or n_rows == 0:  # a shard without classes (or no rows at all)
             mx = torch.full((n_rows,), float("-inf"), dtype=stat_dtype, device=x.device)
             se, phi = torch.zeros_like(mx), torch.zeros_like(mx)
-            rowstat = torch.zeros((5, n_rows), dtype=stat_dtype, device=x.device)
         elif kernels:
             nx, nw = K.norms(x_all), K.norms(w, idx)
             phi, rowstat = K.shard_forward(x_all, w, y, nx, nw, idx, ignore_index=_IGNORED, **cfg["spec"])
@@ -160,7 +160,6 @@ class _Sharded(torch.autograd.Function):
             se = torch.exp(z - mx[:, None]).sum(1)
             held = y >= 0
             phi = torch.where(held, z.gather(1, y.clamp(min=0)[:, None])[:, 0], 0.0)
-            rowstat = torch.zeros((5, n_rows), dtype=stat_dtype, device=x.device)
         # merge the shards: global max, then sum-exp, target logit and holder count in one all-reduce
         big = mx.clone()
         dist.all_reduce(big, op=dist.ReduceOp.MAX, group=group)
@@ -326,9 +325,8 @@ class ShardedMarginSoftmax(torch.nn.Module):
         self.num_classes, self.group = num_classes, group
         self.sample_rate = _validate.number("sample_rate", sample_rate, low=0.0, high=1.0, low_open=True)
         self.seed = _validate.integer("seed", seed)
-        self.options = dict(scale=scale, m1=m1, m2=m2, m3=m3, easy_margin=easy_margin, margin_grad=margin_grad,
-                            ignore_index=ignore_index, reduction=reduction)
-        combined_options(scale, m1, m2, m3, easy_margin, margin_grad)
+        self.options = dict(combined_options(scale, m1, m2, m3, easy_margin, margin_grad), ignore_index=ignore_index,
+                            reduction=reduction)
         self.weight = torch.nn.Parameter(torch.normal(0.0, 0.01, (count, in_features)))
         self.step = 0
 
